@@ -1,0 +1,97 @@
+"""Input validation at the public boundary. The core never sees an edge case."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def check_real(name: str, value: Any, *, positive: bool = False, nonnegative: bool = False) -> float:
+    """A finite real number (not a bool), returned as float."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}.")
+    if positive and value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}.")
+    if nonnegative and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}.")
+    return value
+
+
+def check_int(name: str, value: Any, *, minimum: int | None = None) -> int:
+    """An integer (not a bool) no smaller than `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return value
+
+
+def check_data(name: str, x: Any, *, min_ndim: int = 2) -> Tensor:
+    """A floating tensor of shape (B, *dims) holding finite values."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (batch, *dims), got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}; convert with {name}.float().")
+    if x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have shape (batch, *dims) with at least {min_ndim} dimensions, got shape {tuple(x.shape)}; "
+            f"a batch of D-dimensional vectors has shape (B, D)."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has an empty batch: shape {tuple(x.shape)}.")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} holds non-finite values (NaN or inf).")
+    return x
+
+
+def check_time(name: str, t: Any, batch: int | None, T: float, *, low: float = 0.0) -> Tensor:
+    """Times of shape (B,), floating, within [low, T]; batch=None accepts any B."""
+    want = "(B,)" if batch is None else f"({batch},)"
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {want}, got {type(t).__name__}.")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {t.dtype}.")
+    if t.ndim != 1 or t.shape[0] == 0 or (batch is not None and t.shape[0] != batch):
+        raise ValueError(f"{name} must have shape {want}, one time per sample, got shape {tuple(t.shape)}.")
+    lo, hi = torch.aminmax(t)
+    lo, hi = float(lo), float(hi)
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < low or hi > T:
+        raise ValueError(f"{name} must lie in [{low}, {T}], got values in [{lo}, {hi}].")
+    return t
+
+
+def check_eps(eps: Any, T: float) -> float:
+    eps = check_real("eps", eps, positive=True)
+    if eps >= T:
+        raise ValueError(f"eps must lie in (0, T={T}), got {eps}.")
+    return eps
+
+
+def check_choice(name: str, value: Any, registry: dict) -> Any:
+    """Resolve a string through a registry; anything else is returned as the object it is."""
+    if isinstance(value, str):
+        if value not in registry:
+            raise ValueError(f"{name} must be one of {sorted(registry)}, got {value!r}.")
+        return registry[value]
+    return value
+
+
+def check_generator(generator: Any, device: torch.device) -> torch.Generator | None:
+    if generator is None:
+        return None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}.")
+    if generator.device.type != torch.device(device).type:
+        raise ValueError(
+            f"generator lives on {generator.device} but the samples on {device}; "
+            f"create it with torch.Generator(device={str(device)!r})."
+        )
+    return generator

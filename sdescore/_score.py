@@ -1,0 +1,85 @@
+"""The one result type of every sampler, and the checked score call the solvers make."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ["SampleResult", "CheckedScore", "NonFiniteError"]
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """What every sampler returns: the samples `x` (shaped like the request) and `nfe`, the score evaluations made."""
+
+    x: Tensor
+    nfe: int
+
+
+class NonFiniteError(FloatingPointError, ValueError):
+    """A sampler met NaN or inf; the message names the step and the time where it first appeared."""
+
+
+class CheckedScore:
+    """Wrap score_fn(x, t): check its output's shape and dtype, count evaluations, and note non-finite ones.
+
+    Finiteness is recorded per evaluation as a device tensor (no host synchronisation per call) and resolved
+    once by `raise_if_nonfinite`, which names the step and the time where NaN or inf first appeared.
+    """
+
+    def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], name: str = "score_fn"):
+        if not callable(score_fn):
+            raise TypeError(f"{name} must be callable as {name}(x, t), got {type(score_fn).__name__}.")
+        self.score_fn = score_fn
+        self.name = name
+        self._finite: list[Tensor] = []
+        self._when: list[float | Tensor] = []
+
+    @property
+    def nfe(self) -> int:
+        """Score evaluations made so far."""
+        return len(self._finite)
+
+    def __call__(self, x: Tensor, t: Tensor, when: float | Tensor | None = None) -> Tensor:
+        """Evaluate the score at x (B, *dims) and times t (B,); `when` is the scalar time to report (default t[0])."""
+        s = self.score_fn(x, t)
+        if not isinstance(s, Tensor):
+            raise TypeError(f"{self.name} must return a torch.Tensor, got {type(s).__name__}.")
+        if s.shape != x.shape:
+            raise ValueError(
+                f"{self.name} returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}; "
+                "a score has the shape of x."
+            )
+        if s.dtype != x.dtype:
+            raise TypeError(f"{self.name} returned dtype {s.dtype} for x of dtype {x.dtype}; return x's dtype.")
+        self._finite.append(torch.isfinite(s).all())
+        self._when.append(t[0].detach().clone() if when is None else when)
+        return s
+
+    def first_nonfinite(self) -> tuple[int, float] | None:
+        """(evaluation index, time) of the first non-finite score, or None. Synchronises once."""
+        if not self._finite:
+            return None
+        finite = torch.stack(self._finite)
+        if bool(finite.all()):
+            return None
+        k = int((~finite).nonzero()[0, 0])
+        return k, float(self._when[k])
+
+    def raise_if_nonfinite(self, x: Tensor, where: str, step_of: Callable[[int, float], int]) -> None:
+        """Raise NonFiniteError if a score, or the final state x, was non-finite.
+
+        step_of(evaluation index, time) gives the solver step that made that evaluation.
+        """
+        bad = self.first_nonfinite()
+        if bad is not None:
+            k, t = bad
+            raise NonFiniteError(
+                f"{where}: {self.name} returned non-finite values at step {step_of(k, t)} (t={t:.6g}, score "
+                f"evaluation {k}); check the score model, the step size and the time grid."
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise NonFiniteError(f"{where}: the final state holds non-finite values although every score was finite.")

@@ -1,0 +1,137 @@
+"""The probability-flow ODE of Song et al. (2021), integrated by torchdiffeq.
+
+dx/dt = f(x, t) - g(t)^2 score(x, t) / 2   (eq. 13)
+
+shares the marginals p_t of the forward SDE, so integrating it from T down to eps turns prior samples
+into data samples (`sample`) and from eps up to T turns data into latents (`encode`).
+
+torchdiffeq integrates in either direction. Its adaptive solvers normally step past the end time and
+interpolate back; sdescore passes the end time as `step_t`, so every step lands on it and the score is
+never evaluated outside the interval. The only evaluation torchdiffeq places off the interval is the
+probe of its initial step-size heuristic (Hairer et al., II.4), which we evaluate at the end time instead:
+it only influences the size of the first step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torchdiffeq
+from torch import Tensor
+
+from ._checks import check_data, check_eps, check_int, check_real
+from ._score import CheckedScore, SampleResult
+from .sde import SDE, ScoreFn, batch_view
+
+__all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS"]
+
+ADAPTIVE_METHODS = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+
+
+class ProbabilityFlowODE:
+    """Probability-flow ODE dx/dt = f(x, t) - g(t)^2 score(x, t) / 2, callable as `ode(t, x)` for torchdiffeq.odeint.
+
+    Song et al. (2021), eq. 13 and appendix D. x keeps its data shape (B, *dims); t is a scalar tensor in [0, T].
+    """
+
+    def __init__(self, sde: SDE, score_fn: ScoreFn):
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}.")
+        self.sde = sde
+        self.score_fn = score_fn
+
+    def __repr__(self) -> str:
+        return f"ProbabilityFlowODE({self.sde!r})"
+
+    def velocity(self, x: Tensor, t: Tensor, score: ScoreFn | None = None) -> Tensor:
+        """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 at times t of shape (B,), unchecked (the solvers' entry)."""
+        t64 = t.to(torch.float64)
+        g = self.sde.g(t64)
+        s = (score or self.score_fn)(x, t.to(x.dtype))
+        return self.sde.f(x, t64) - 0.5 * batch_view(g * g, x) * s
+
+    def __call__(self, t: Tensor | float, x: Tensor) -> Tensor:
+        """torchdiffeq's signature func(t, y): t a scalar in [0, T], x of shape (B, *dims)."""
+        t_value = float(t)
+        if not 0.0 <= t_value <= self.sde.T:
+            raise ValueError(
+                f"the probability-flow ODE is defined for t in [0, {self.sde.T}], got t={t_value}; adaptive "
+                "torchdiffeq solvers probe past the end time, so integrate with ode.sample / ode.encode, or pass "
+                "options={'step_t': end_time} to odeint and end inside (0, T]."
+            )
+        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        return self.velocity(x, t)
+
+    def sample(
+        self,
+        x_T: Tensor,
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        eps: float = 1e-3,
+        *,
+        steps: int | None = None,
+    ) -> SampleResult:
+        """Integrate from t = T to t = eps. x_T: (B, *dims). Fixed-step methods take `steps`, adaptive ones rtol/atol."""
+        x_T = check_data("x_T", x_T)
+        eps = check_eps(eps, self.sde.T)
+        return self._solve(x_T, self.sde.T, eps, method, rtol, atol, steps, "ProbabilityFlowODE.sample")
+
+    def encode(
+        self,
+        x0: Tensor,
+        method: str = "dopri5",
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        eps: float = 1e-3,
+        *,
+        steps: int | None = None,
+    ) -> SampleResult:
+        """Integrate from t = eps to t = T: the latent z = x(T) of data x0 (B, *dims); the inverse of `sample`."""
+        x0 = check_data("x0", x0)
+        eps = check_eps(eps, self.sde.T)
+        return self._solve(x0, eps, self.sde.T, method, rtol, atol, steps, "ProbabilityFlowODE.encode")
+
+    def _solve(
+        self, x: Tensor, t0: float, t1: float, method: str, rtol: float, atol: float, steps: int | None, where: str
+    ) -> SampleResult:
+        score = CheckedScore(self.score_fn)
+        lo, hi = min(t0, t1), max(t0, t1)
+        options = solver_options(method, rtol, atol, steps, t0, t1, x.device)
+
+        def func(t: Tensor, y: Tensor) -> Tensor:
+            t = t.to(torch.float64).clamp(lo, hi).expand(y.shape[0])
+            return self.velocity(y, t, score)
+
+        ts = torch.tensor([t0, t1], dtype=torch.float64, device=x.device)
+        out = torchdiffeq.odeint(func, x, ts, method=method, **options)[-1]
+        h = (hi - lo) / steps if steps else None
+
+        def step_of(k: int, t: float) -> int:
+            return min(int(abs(t - t0) / h + 1e-6), steps - 1) if h else k
+
+        score.raise_if_nonfinite(out, where, step_of)
+        return SampleResult(x=out, nfe=score.nfe)
+
+
+def solver_options(
+    method: str, rtol: float, atol: float, steps: int | None, t0: float, t1: float, device: torch.device
+) -> dict[str, Any]:
+    """odeint keyword arguments for integrating from t0 to t1 without evaluating outside [t0, t1]."""
+    if method in ADAPTIVE_METHODS:
+        if steps is not None:
+            raise ValueError(f"steps applies to fixed-step methods {FIXED_METHODS}; {method!r} is adaptive: use rtol/atol.")
+        rtol = check_real("rtol", rtol, positive=True)
+        atol = check_real("atol", atol, positive=True)
+        return {"rtol": rtol, "atol": atol, "options": {"step_t": torch.tensor([t1], dtype=torch.float64, device=device)}}
+    if method in FIXED_METHODS:
+        if steps is None:
+            raise ValueError(f"the fixed-step method {method!r} needs steps=, the number of steps from {t0} to {t1}.")
+        steps = check_int("steps", steps, minimum=1)
+        grid = torch.linspace(t0, t1, steps + 1, dtype=torch.float64, device=device)
+        return {"options": {"grid_constructor": lambda func, y0, t: grid}}
+    raise ValueError(f"method must be a torchdiffeq method in {ADAPTIVE_METHODS + FIXED_METHODS}, got {method!r}.")

@@ -1,0 +1,93 @@
+"""Converters between the score, epsilon and denoiser (x0) parametrizations, exact by Tweedie's formula.
+
+For a kernel x_t = alpha(t) x0 + std(t) eps with eps ~ N(0, I) (any `SDE.kernel`), Tweedie's formula
+(Efron 2011; Vincent 2011) gives
+
+    score(x, t) = (alpha(t) E[x0 | x_t = x] - x) / std(t)^2 = -E[eps | x_t = x] / std(t).
+
+Everything inside sdescore speaks score_fn(x, t); networks that predict eps or x0 enter through these.
+Each converter is a small callable object (x: (B, *dims), t: (B,)) -> tensor shaped like x.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import Tensor
+
+from .sde import SDE, batch_view
+
+__all__ = [
+    "score_from_eps",
+    "eps_from_score",
+    "score_from_denoiser",
+    "denoiser_from_score",
+]
+
+Fn = Callable[[Tensor, Tensor], Tensor]
+
+
+class _Converter:
+    """A parametrization expressed through another one and the SDE's kernel."""
+
+    def __init__(self, sde: SDE, fn: Fn, name: str):
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
+        if not callable(fn):
+            raise TypeError(f"{name} must be callable as {name}(x, t), got {type(fn).__name__}.")
+        self.sde = sde
+        self.fn = fn
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.sde!r}, {self.fn!r})"
+
+    def _out(self, x: Tensor, t: Tensor) -> Tensor:
+        out = self.fn(x, t)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"{type(self).__name__}: the wrapped function returned {got} for x of shape {tuple(x.shape)}.")
+        return out
+
+
+class _ScoreFromEps(_Converter):
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        _, std = self.sde.kernel(t)
+        return -self._out(x, t) / batch_view(std, x)
+
+
+class _EpsFromScore(_Converter):
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        _, std = self.sde.kernel(t)
+        return -batch_view(std, x) * self._out(x, t)
+
+
+class _ScoreFromDenoiser(_Converter):
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        alpha, std = self.sde.kernel(t)
+        return (batch_view(alpha, x) * self._out(x, t) - x) / batch_view(std * std, x)
+
+
+class _DenoiserFromScore(_Converter):
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        alpha, std = self.sde.kernel(t)
+        return (x + batch_view(std * std, x) * self._out(x, t)) / batch_view(alpha, x)
+
+
+def score_from_eps(sde: SDE, eps_fn: Fn) -> Fn:
+    """score(x, t) = -eps(x, t) / std(t): a noise-prediction network (DDPM, Ho et al. 2020) as a score."""
+    return _ScoreFromEps(sde, eps_fn, "eps_fn")
+
+
+def eps_from_score(sde: SDE, score_fn: Fn) -> Fn:
+    """eps(x, t) = -std(t) score(x, t) = E[eps | x_t = x]: the noise prediction a score implies."""
+    return _EpsFromScore(sde, score_fn, "score_fn")
+
+
+def score_from_denoiser(sde: SDE, denoiser_fn: Fn) -> Fn:
+    """score(x, t) = (alpha(t) D(x, t) - x) / std(t)^2 for a denoiser D(x, t) = E[x0 | x_t = x] (Tweedie; EDM's D)."""
+    return _ScoreFromDenoiser(sde, denoiser_fn, "denoiser_fn")
+
+
+def denoiser_from_score(sde: SDE, score_fn: Fn) -> Fn:
+    """D(x, t) = (x + std(t)^2 score(x, t)) / alpha(t) = E[x0 | x_t = x], Tweedie's formula."""
+    return _DenoiserFromScore(sde, score_fn, "score_fn")

@@ -1,0 +1,227 @@
+"""The reverse-time SDE of Anderson (1982), integrated by torchsde.
+
+Reverse time t runs from T down to eps; torchsde integrates forward in time only, so the solver time is
+s = T - t, running from 0 up to T - eps. In s the reverse SDE (Song et al. 2021, eq. 6) reads
+
+    dx = -[f(x, T - s) - g(T - s)^2 score(x, T - s)] ds + g(T - s) dW_s,
+
+with W a standard Brownian motion in s. The noise is additive (g does not depend on x), so the Itô and
+Stratonovich readings coincide and every torchsde method for diagonal noise applies.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torchsde
+from torch import Tensor
+
+from ._checks import check_data, check_eps, check_generator, check_int
+from ._score import CheckedScore, SampleResult
+from .sde import SDE, ScoreFn, batch_view
+
+__all__ = ["ReverseSDE", "IncrementBrownian", "SDE_METHODS"]
+
+# torchsde method -> (sde_type it needs, Lévy area it needs from the Brownian motion)
+SDE_METHODS: dict[str, tuple[str, str]] = {
+    "euler": ("ito", "none"),
+    "milstein": ("ito", "none"),
+    "srk": ("ito", "space-time"),
+    "midpoint": ("stratonovich", "none"),
+    "heun": ("stratonovich", "none"),
+    "euler_heun": ("stratonovich", "none"),
+    "reversible_heun": ("stratonovich", "none"),
+    "log_ode": ("stratonovich", "foster"),
+}
+
+
+class IncrementBrownian(torchsde.BaseBrownian):
+    """Brownian motion that draws each queried increment directly: W(tb) - W(ta) ~ N(0, (tb - ta) I).
+
+    For fixed-step solvers that query each step's interval once, in order. Costs one `randn` per step,
+    where torchsde's BrownianInterval walks a binary tree of seeds. With `levy_area='space-time'` it also
+    draws the space-time Lévy area H ~ N(0, h/12 I), independent of W, and returns U = h (W/2 + H) as
+    torchsde's SRK expects. Use torchsde.BrownianInterval instead when the same path is needed at several
+    step sizes (convergence studies): this one has no memory.
+    """
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        levy_area: str = "none",
+    ):
+        if levy_area not in ("none", "space-time"):
+            raise ValueError(f"levy_area must be 'none' or 'space-time', got {levy_area!r}.")
+        self._size = torch.Size(size)
+        self._dtype = dtype
+        self._device = torch.device(device)
+        self._generator = generator
+        self._levy = levy_area
+
+    def _randn(self, scale: float) -> Tensor:
+        return scale * torch.randn(self._size, generator=self._generator, dtype=self._dtype, device=self._device)
+
+    def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
+        if tb is None or return_A:
+            raise ValueError("IncrementBrownian answers increments W(tb) - W(ta) only; use torchsde.BrownianInterval.")
+        h = float(tb) - float(ta)
+        W = self._randn(math.sqrt(h))
+        if not return_U:
+            return W
+        if self._levy != "space-time":
+            raise ValueError("return_U needs IncrementBrownian(levy_area='space-time').")
+        return W, h * (0.5 * W + self._randn(math.sqrt(h / 12.0)))
+
+    def __repr__(self) -> str:
+        return f"IncrementBrownian(size={tuple(self._size)}, dtype={self._dtype}, device={self._device})"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self._size
+
+    @property
+    def levy_area_approximation(self) -> str:
+        return self._levy
+
+
+class ReverseSDE:
+    """Reverse-time SDE dx = [f(x, t) - g(t)^2 score(x, t)] dt + g(t) dw_bar, in torchsde's duck type.
+
+    Song et al. (2021), eq. 6 (Anderson 1982). With probability_flow=True, the deterministic reverse
+    dx = [f - g^2 score / 2] dt (eq. 13) with zero diffusion. `f(s, y)` and `g(s, y)` take the solver time
+    s = T - t and the flattened state y of shape (B, D); the data shape is `event_shape` (default: y's (D,)).
+    Pass it to `torchsde.sdeint` directly, or call `sample`.
+    """
+
+    noise_type = "diagonal"
+
+    def __init__(
+        self,
+        sde: SDE,
+        score_fn: ScoreFn,
+        probability_flow: bool = False,
+        *,
+        event_shape: tuple[int, ...] | None = None,
+        sde_type: str = "ito",
+    ):
+        if not isinstance(sde, SDE):
+            raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}.")
+        if sde_type not in ("ito", "stratonovich"):
+            raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}.")
+        self.sde = sde
+        self.score_fn = score_fn
+        self.probability_flow = bool(probability_flow)
+        self.event_shape = None if event_shape is None else tuple(event_shape)
+        self.sde_type = sde_type
+        self._score = score_fn if isinstance(score_fn, CheckedScore) else CheckedScore(score_fn)
+        self._memo: tuple[Tensor, float, Tensor, Tensor] | None = None
+
+    def __repr__(self) -> str:
+        return f"ReverseSDE({self.sde!r}, probability_flow={self.probability_flow})"
+
+    # ------------------------------------------------------------------ torchsde interface
+    def _drift_and_g(self, s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        # torchsde probes f once at (ts[0], y0) for shapes before integrating from the same point:
+        # answer the repeat from a one-entry memo so that every score evaluation is one the solver uses.
+        t_value = self.sde.T - float(s)
+        memo = self._memo
+        if memo is not None and memo[0] is y and memo[1] == t_value:
+            return memo[2], memo[3]
+        B = y.shape[0]
+        x = y.reshape(B, *(self.event_shape or y.shape[1:]))
+        t = torch.full((B,), t_value, dtype=torch.float64, device=y.device)
+        g = self.sde.g(t)
+        g2 = batch_view(g * g, x)
+        score = self._score(x, t.to(x.dtype), t_value)
+        if self.probability_flow:
+            drift = self.sde.f(x, t) - 0.5 * g2 * score
+            g = torch.zeros_like(g)
+        else:
+            drift = self.sde.f(x, t) - g2 * score
+        out = -drift.reshape(B, -1), g.to(y.dtype)
+        self._memo = (y, t_value, *out)
+        return out
+
+    def f(self, s: Tensor, y: Tensor) -> Tensor:
+        """Drift in solver time: -(f - g^2 score)(x, T - s), on the flattened state (B, D)."""
+        return self._drift_and_g(s, y)[0]
+
+    def g(self, s: Tensor, y: Tensor) -> Tensor:
+        """Diagonal diffusion g(T - s), expanded to (B, D)."""
+        B = y.shape[0]
+        t = torch.full((B,), self.sde.T - float(s), dtype=torch.float64, device=y.device)
+        g = torch.zeros_like(t) if self.probability_flow else self.sde.g(t)
+        return g.to(y.dtype)[:, None].expand_as(y)
+
+    def f_and_g_prod(self, s: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        drift, g = self._drift_and_g(s, y)
+        return drift, g[:, None] * v
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        x_T: Tensor,
+        steps: int = 1000,
+        method: str = "euler",
+        eps: float = 1e-3,
+        generator: torch.Generator | None = None,
+        *,
+        bm: object | None = None,
+    ) -> SampleResult:
+        """Integrate from t = T to t = eps with `steps` fixed steps of torchsde's `method`; x_T: (B, *dims).
+
+        Returns a SampleResult with x shaped like x_T and nfe the score evaluations made. `bm` overrides the
+        Brownian motion (a torchsde.BrownianInterval of shape (B, D) on solver times [0, T - eps], for
+        convergence studies on one path); by default increments are drawn from `generator`.
+        """
+        x_T = check_data("x_T", x_T)
+        steps = check_int("steps", steps, minimum=1)
+        eps = check_eps(eps, self.sde.T)
+        if method not in SDE_METHODS:
+            raise ValueError(f"method must be one of {sorted(SDE_METHODS)} (torchsde, diagonal noise), got {method!r}.")
+        generator = check_generator(generator, x_T.device)
+        sde_type, levy = SDE_METHODS[method]
+        B = x_T.shape[0]
+        y0 = x_T.reshape(B, -1)
+        s_end = self.sde.T - eps
+        if bm is None:
+            if levy == "foster":
+                if generator is not None:
+                    raise ValueError("method 'log_ode' draws from torchsde.BrownianInterval; pass bm= to seed it.")
+                bm = torchsde.BrownianInterval(
+                    t0=0.0, t1=s_end, size=tuple(y0.shape), dtype=y0.dtype, device=y0.device,
+                    levy_area_approximation="foster",
+                )
+            else:
+                bm = IncrementBrownian(tuple(y0.shape), y0.dtype, y0.device, generator, levy_area=levy)
+        bound = ReverseSDE(
+            self.sde, CheckedScore(self.score_fn), self.probability_flow, event_shape=x_T.shape[1:], sde_type=sde_type
+        )
+        ts = torch.tensor([0.0, s_end], dtype=torch.float64)
+        # torchsde steps by accumulating dt in floating point; a step a hair longer than (s_end / steps)
+        # keeps the count at exactly `steps` (the last one is clipped to s_end) instead of adding a sliver.
+        dt = s_end / steps * (1.0 + 1e-9)
+        ys = torchsde.sdeint(bound, y0, ts, bm=bm, method=method, dt=dt)
+        x = ys[-1].reshape(x_T.shape)
+        h = s_end / steps
+
+        def step_of(k: int, t: float) -> int:
+            return min(int((self.sde.T - t) / h + 1e-6), steps - 1)
+
+        bound._score.raise_if_nonfinite(x, f"ReverseSDE.sample(method={method!r})", step_of)
+        return SampleResult(x=x, nfe=bound._score.nfe)

@@ -1,0 +1,300 @@
+"""Forward SDEs of Song et al. (2021): dx = f(x, t) dt + g(t) dw on [0, T].
+
+An SDE is pure mathematics: it holds its constants and answers for its drift, diffusion, Gaussian kernel,
+prior and discrete chain. It owns no parameters, no device and no state. Subclasses implement the
+mathematics in the paper's symbols (`f`, `g`, `kernel`); the public verbs (`drift`, `diffusion`,
+`marginal_prob`, `perturb`) check their inputs once and call them. Solvers call the symbols directly.
+
+Time tensors have shape (B,). Coefficients are computed in the dtype of `t` (the samplers keep time in
+float64) and cast to the dtype of `x` where they meet the data.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import check_data, check_int, check_real, check_time
+
+if TYPE_CHECKING:
+    from .flow import ProbabilityFlowODE
+    from .reverse import ReverseSDE
+
+ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "ScoreFn", "batch_view"]
+
+
+def batch_view(c: Tensor, x: Tensor) -> Tensor:
+    """Reshape per-sample coefficients c of shape (B,) to broadcast against x of shape (B, *dims)."""
+    return c.to(dtype=x.dtype).reshape(c.shape[0], *([1] * (x.ndim - 1)))
+
+
+class SDE(abc.ABC):
+    """An Itô SDE dx = f(x, t) dt + g(t) dw on [0, T] with a scalar diffusion coefficient g(t).
+
+    Song et al. (2021), eq. 5. Subclass and implement `f`, `g` and, when the kernel is Gaussian with
+    a closed form (any SDE with affine drift), `kernel`. `N` is the number of steps of the discrete
+    chain the SDE generalizes (`discretize`).
+    """
+
+    T: float = 1.0
+
+    def __init__(self, N: int = 1000):
+        self.N = check_int("N", N, minimum=1)
+
+    # ------------------------------------------------------------------ the mathematics
+    @abc.abstractmethod
+    def f(self, x: Tensor, t: Tensor) -> Tensor:
+        """Drift f(x, t), shaped like x. x: (B, *dims), t: (B,)."""
+
+    @abc.abstractmethod
+    def g(self, t: Tensor) -> Tensor:
+        """Diffusion coefficient g(t) of shape (B,). t: (B,)."""
+
+    def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Coefficients (alpha(t), std(t)), each (B,), of p_t(x | x0) = N(alpha(t) x0, std(t)^2 I)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no closed-form Gaussian kernel; implement kernel(t) -> (alpha, std) "
+            "to use the perturbation kernel, the converters and the kernel-based samplers."
+        )
+
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the isotropic Gaussian prior p_T = N(0, prior_std^2 I)."""
+        return float(self.kernel(torch.full((1,), self.T, dtype=torch.float64))[1])
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """Log signal-to-noise ratio lambda(t) = log(alpha(t)^2 / std(t)^2), shape (B,)."""
+        alpha, std = self.kernel(t)
+        return 2.0 * (torch.log(alpha) - torch.log(std))
+
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        """Inverse of `log_snr`: the time t at which lambda(t) equals the given value, shape (B,)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement t_from_log_snr.")
+
+    # ------------------------------------------------------------------ public, checked
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """Drift f(x, t). x: (B, *dims), t: (B,) in [0, T]. Returns a tensor shaped like x."""
+        x = check_data("x", x)
+        return self.f(x, check_time("t", t, x.shape[0], self.T))
+
+    def diffusion(self, t: Tensor) -> Tensor:
+        """Diffusion coefficient g(t), shape (B,). t: (B,) in [0, T]."""
+        return self.g(check_time("t", t, None, self.T))
+
+    def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Perturbation kernel p_t(x | x0) = N(mean, std^2 I): returns (mean shaped like x0, std of shape (B,)).
+
+        Song et al. (2021), eq. 29 (VE), 33 (VP), appendix C (sub-VP). x0 is clean data; the law at time t
+        is the data law convolved with this kernel. For the VE-SDE this is the SMLD convention (see VESDE).
+        """
+        x0 = check_data("x0", x0)
+        t = check_time("t", t, x0.shape[0], self.T)
+        alpha, std = self.kernel(t)
+        return batch_view(alpha, x0) * x0, std
+
+    def perturb(
+        self, x0: Tensor, t: Tensor, noise: Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Draw x_t = alpha(t) x0 + std(t) z from the kernel; returns (x_t, z). z: standard normal, shaped like x0."""
+        mean, std = self.marginal_prob(x0, t)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        elif not isinstance(noise, Tensor) or noise.shape != x0.shape:
+            shape = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
+            raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}, got {shape}.")
+        return mean + batch_view(std, x0) * noise, noise
+
+    def prior_sampling(
+        self,
+        shape: Sequence[int],
+        *,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Draw x_T ~ N(0, prior_std^2 I) of the given shape (B, *dims)."""
+        shape = tuple(shape)
+        if len(shape) < 2 or any(not isinstance(n, int) or n < 1 for n in shape):
+            raise ValueError(f"shape must be (batch, *dims) of positive integers, got {shape}.")
+        return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
+
+    def prior_logp(self, z: Tensor) -> Tensor:
+        """log N(z; 0, prior_std^2 I), summed over the non-batch dimensions; shape (B,)."""
+        z = check_data("z", z)
+        D = z[0].numel()
+        var = self.prior_std**2
+        return -0.5 * D * math.log(2 * math.pi * var) - z.pow(2).flatten(1).sum(1) / (2 * var)
+
+    def discretize(self, x: Tensor, t: Tensor, dt: float | None = None) -> tuple[Tensor, Tensor]:
+        """One step x_{i+1} = x_i + f_i + G_i z of the discrete chain; returns (f_i shaped like x, G_i of shape (B,)).
+
+        Euler–Maruyama by default (Song et al. 2021, eq. 45): f_i = f(x, t) dt, G_i = g(t) sqrt(dt), with dt = T / N.
+        """
+        dt = self.T / self.N if dt is None else dt
+        return self.f(x, t) * dt, self.g(t) * math.sqrt(dt)
+
+    # ------------------------------------------------------------------ reverse time
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        """Reverse-time SDE dx = [f - g^2 score] dt + g dw_bar (Anderson 1982), as a torchsde SDE."""
+        from .reverse import ReverseSDE
+
+        return ReverseSDE(self, score_fn, probability_flow=probability_flow)
+
+    def probability_flow(self, score_fn: ScoreFn) -> "ProbabilityFlowODE":
+        """Probability-flow ODE dx/dt = f - g^2 score / 2 (Song et al. 2021, eq. 13), as a torchdiffeq function."""
+        from .flow import ProbabilityFlowODE
+
+        return ProbabilityFlowODE(self, score_fn)
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw, sigma(t) = sigma_min (sigma_max/sigma_min)^t.
+
+    Song et al. (2021), eq. 30; the continuous limit of SMLD/NCSN (Song & Ermon 2019).
+
+    Convention (held by every part of sdescore): the SDE moves variance sigma(t)^2 - sigma(s)^2 between
+    s and t, and the kernel from clean data has std(t) = sigma(t). So the law at t = 0 is the data smoothed
+    by N(0, sigma_min^2) (the SMLD convention: NCSN's noise levels are sigma(t_i)), and the law at t is the
+    data smoothed by N(0, sigma(t)^2). Read against a kernel from *smoothed* data x(0), the std is
+    sqrt(sigma(t)^2 - sigma_min^2); the reference implementation mixes the two conventions.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N)
+        self.sigma_min = check_real("sigma_min", sigma_min, positive=True)
+        self.sigma_max = check_real("sigma_max", sigma_max, positive=True)
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def __repr__(self) -> str:
+        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N})"
+
+    def sigma(self, t: Tensor) -> Tensor:
+        """sigma(t) = sigma_min (sigma_max / sigma_min)^t, shape (B,)."""
+        return self.sigma_min * torch.exp(t * self._log_ratio)
+
+    def f(self, x: Tensor, t: Tensor) -> Tensor:
+        return torch.zeros_like(x)
+
+    def g(self, t: Tensor) -> Tensor:
+        return self.sigma(t) * math.sqrt(2 * self._log_ratio)
+
+    def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.ones_like(t), self.sigma(t)
+
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        return -2.0 * (math.log(self.sigma_min) + t * self._log_ratio)
+
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        return (-0.5 * log_snr - math.log(self.sigma_min)) / self._log_ratio
+
+    def discretize(self, x: Tensor, t: Tensor, dt: float | None = None) -> tuple[Tensor, Tensor]:
+        """SMLD chain x_i = x_{i-1} + sqrt(sigma_i^2 - sigma_{i-1}^2) z (Song et al. 2021, eq. 19).
+
+        f_i = 0, G_i = sqrt(sigma(t)^2 - sigma(t - dt)^2), with sigma(0) = sigma_min by the convention above.
+        """
+        dt = self.T / self.N if dt is None else dt
+        sigma = self.sigma(t)
+        sigma_prev = self.sigma((t - dt).clamp(min=0.0))
+        return torch.zeros_like(x), torch.sqrt(sigma**2 - sigma_prev**2)
+
+
+class _LinearBetaSDE(SDE):
+    """Shared schedule of the VP and sub-VP SDEs: beta(t) = beta_min + t (beta_max - beta_min)."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(N)
+        self.beta_min = check_real("beta_min", beta_min, nonnegative=True)
+        self.beta_max = check_real("beta_max", beta_max, nonnegative=True)
+        if self.beta_max < self.beta_min or self.beta_max == 0:
+            raise ValueError(
+                f"need 0 <= beta_min <= beta_max and beta_max > 0, got beta_min={beta_min}, beta_max={beta_max}."
+            )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max}, N={self.N})"
+
+    def beta(self, t: Tensor) -> Tensor:
+        """beta(t) = beta_min + t (beta_max - beta_min), shape (B,)."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integral_beta(self, t: Tensor) -> Tensor:
+        """int_0^t beta(s) ds = beta_min t + (beta_max - beta_min) t^2 / 2, shape (B,)."""
+        return self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2
+
+    def _t_from_integral_beta(self, c: Tensor) -> Tensor:
+        # Root of (beta_max - beta_min) t^2 / 2 + beta_min t = c, written without cancellation.
+        d = self.beta_max - self.beta_min
+        return 2.0 * c / (self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * d * c))
+
+    def f(self, x: Tensor, t: Tensor) -> Tensor:
+        return -0.5 * batch_view(self.beta(t), x) * x
+
+    @property
+    def prior_std(self) -> float:
+        return 1.0
+
+
+class VPSDE(_LinearBetaSDE):
+    """Variance-preserving SDE dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw, beta linear in t.
+
+    Song et al. (2021), eq. 32; the continuous limit of DDPM (Ho et al. 2020) with beta_i = beta(t_i) / N.
+    Kernel: alpha(t) = exp(-int_0^t beta / 2), std(t) = sqrt(1 - alpha(t)^2) (eq. 33).
+    """
+
+    def g(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t))
+
+    def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        B = self.integral_beta(t)
+        return torch.exp(-0.5 * B), torch.sqrt(-torch.expm1(-B))
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        B = self.integral_beta(t)
+        return -B - torch.log(-torch.expm1(-B))
+
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        # alpha^2 = sigmoid(lambda), so int beta = -log sigmoid(lambda) = softplus(-lambda).
+        return self._t_from_integral_beta(torch.nn.functional.softplus(-log_snr))
+
+    def discretize(self, x: Tensor, t: Tensor, dt: float | None = None) -> tuple[Tensor, Tensor]:
+        """DDPM chain x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z with beta_i = beta(t) dt (Song et al. 2021, eq. 20)."""
+        dt = self.T / self.N if dt is None else dt
+        beta_i = self.beta(t) * dt
+        return (batch_view(torch.sqrt(1.0 - beta_i), x) - 1.0) * x, torch.sqrt(beta_i)
+
+
+class SubVPSDE(_LinearBetaSDE):
+    """Sub-VP SDE dx = -beta(t) x / 2 dt + sqrt(beta(t) (1 - exp(-2 int_0^t beta))) dw.
+
+    Song et al. (2021), eq. 34. Kernel: alpha(t) = exp(-int_0^t beta / 2), std(t) = 1 - alpha(t)^2; its variance
+    is bounded by the VP-SDE's at every t.
+    """
+
+    def g(self, t: Tensor) -> Tensor:
+        return torch.sqrt(self.beta(t) * -torch.expm1(-2.0 * self.integral_beta(t)))
+
+    def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        B = self.integral_beta(t)
+        return torch.exp(-0.5 * B), -torch.expm1(-B)
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        B = self.integral_beta(t)
+        return -B - 2.0 * torch.log(-torch.expm1(-B))
+
+    def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
+        # u = alpha^2 solves u / (1 - u)^2 = e^lambda; the root in (0, 1) is 2e^l / (2e^l + 1 + sqrt(4e^l + 1)).
+        e = torch.exp(log_snr)
+        u = 2.0 * e / (2.0 * e + 1.0 + torch.sqrt(4.0 * e + 1.0))
+        return self._t_from_integral_beta(-torch.log(u))
