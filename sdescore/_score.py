@@ -78,8 +78,9 @@ class CheckedScore:
         if bad is not None:
             k, t = bad
             raise NonFiniteError(
-                f"{where}: {self.name} returned non-finite values at step {step_of(k, t)} (t={t:.6g}, score "
-                f"evaluation {k}); check the score model, the step size and the time grid."
+                f"{where}: non-finite values appeared at step {step_of(k, t)} (t={t:.6g}, score evaluation {k}): "
+                f"{self.name} returned NaN or inf there, or the state had already diverged; check the score model, "
+                "the step size and the time grid."
             )
         if not bool(torch.isfinite(x).all()):
             raise NonFiniteError(f"{where}: the final state holds non-finite values although every score was finite.")

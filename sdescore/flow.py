@@ -103,9 +103,16 @@ class ProbabilityFlowODE:
         lo, hi = min(t0, t1), max(t0, t1)
         options = solver_options(method, rtol, atol, steps, t0, t1, x.device)
 
-        def func(t: Tensor, y: Tensor) -> Tensor:
-            t = t.to(torch.float64).clamp(lo, hi).expand(y.shape[0])
-            return self.velocity(y, t, score)
+        if method in ADAPTIVE_METHODS:
+
+            def func(t: Tensor, y: Tensor) -> Tensor:
+                return self.velocity(y, t.to(torch.float64).clamp(lo, hi).expand(y.shape[0]), score)
+
+        else:  # a fixed grid inside [lo, hi]: every stage time lies in the interval
+
+            def func(t: Tensor, y: Tensor) -> Tensor:
+                return self.velocity(y, t.to(torch.float64).expand(y.shape[0]), score)
+
 
         ts = torch.tensor([t0, t1], dtype=torch.float64, device=x.device)
         out = torchdiffeq.odeint(func, x, ts, method=method, **options)[-1]

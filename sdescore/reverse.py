@@ -145,15 +145,15 @@ class ReverseSDE:
         B = y.shape[0]
         x = y.reshape(B, *(self.event_shape or y.shape[1:]))
         t = torch.full((B,), t_value, dtype=torch.float64, device=y.device)
-        g = self.sde.g(t)
+        g = self.sde.g(t).to(y.dtype)
         g2 = batch_view(g * g, x)
         score = self._score(x, t.to(x.dtype), t_value)
-        if self.probability_flow:
-            drift = self.sde.f(x, t) - 0.5 * g2 * score
+        if self.probability_flow:  # solver-time drift -(f - g^2 s / 2), zero noise
+            drift = (0.5 * g2) * score - self.sde.f(x, t)
             g = torch.zeros_like(g)
-        else:
-            drift = self.sde.f(x, t) - g2 * score
-        out = -drift.reshape(B, -1), g.to(y.dtype)
+        else:  # solver-time drift -(f - g^2 s)
+            drift = g2 * score - self.sde.f(x, t)
+        out = drift.reshape(B, -1), g
         self._memo = (y, t_value, *out)
         return out
 

@@ -271,6 +271,11 @@ class VPSDE(_LinearBetaSDE):
     def discretize(self, x: Tensor, t: Tensor, dt: float | None = None) -> tuple[Tensor, Tensor]:
         """DDPM chain x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z with beta_i = beta(t) dt (Song et al. 2021, eq. 20)."""
         dt = self.T / self.N if dt is None else dt
+        if self.beta_max * dt >= 1.0:
+            raise ValueError(
+                f"the DDPM chain needs beta(t) dt < 1, but beta_max * dt = {self.beta_max * dt:.3g} for dt={dt:.3g}; "
+                f"take more than {math.ceil(self.beta_max * self.T)} steps, or another predictor."
+            )
         beta_i = self.beta(t) * dt
         return (batch_view(torch.sqrt(1.0 - beta_i), x) - 1.0) * x, torch.sqrt(beta_i)
 

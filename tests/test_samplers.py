@@ -1,0 +1,286 @@
+"""Reverse SDE (torchsde), probability-flow ODE (torchdiffeq) and PC samplers against closed-form Gaussians."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torchsde
+from scipy.optimize import curve_fit
+
+import sdescore as sds
+from sdescore.reverse import SDE_METHODS
+from validation import GaussianMixture, single_gaussian
+
+EPS = 1e-3
+TARGET = single_gaussian()  # 2-D, correlated covariance
+
+
+def _law_at_T_samples(sde, n, seed):
+    """x_T from the exact law p_T (not the prior), so the only error left is the sampler's."""
+    return TARGET.marginal(sde, sde.T).sample(n, generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_moments(x, law, *, bias_mean, bias_cov):
+    """Sample mean and covariance against a Gaussian law, within 5 standard errors plus a bias allowance."""
+    n = x.shape[0]
+    mean, cov = law.mean(), law.covariance()
+    se_mean = torch.sqrt(torch.diagonal(cov) / n)
+    assert bool((x.mean(0) - mean).abs().le(5 * se_mean + bias_mean).all()), (x.mean(0), mean)
+    d = torch.diagonal(cov)
+    se_cov = torch.sqrt((d[:, None] * d[None, :] + cov**2) / n)
+    emp = torch.cov(x.T)
+    assert bool((emp - cov).abs().le(5 * se_cov + bias_cov * d.max()).all()), (emp, cov)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_reverse_sde_reproduces_gaussian_moments(sde, method):
+    x_T = _law_at_T_samples(sde, 8000, 0)
+    r = sde.reverse(TARGET.score_fn(sde)).sample(
+        x_T, steps=250, method=method, eps=EPS, generator=torch.Generator().manual_seed(1)
+    )
+    assert r.x.shape == x_T.shape
+    assert r.nfe == 250 * SDE_METHODS_EVALS[method]
+    _assert_moments(r.x, TARGET.marginal(sde, EPS), bias_mean=0.01, bias_cov=0.03)
+
+
+SDE_METHODS_EVALS = {"euler": 1, "heun": 2}
+
+
+@pytest.mark.parametrize("method", sorted(SDE_METHODS))
+def test_every_torchsde_method_for_diagonal_noise_samples_the_target(method):
+    sde = sds.VPSDE()
+    x_T = _law_at_T_samples(sde, 2000, 2)
+    gen = None if method == "log_ode" else torch.Generator().manual_seed(3)
+    r = sde.reverse(TARGET.score_fn(sde)).sample(x_T, steps=100, method=method, eps=EPS, generator=gen)
+    _assert_moments(r.x, TARGET.marginal(sde, EPS), bias_mean=0.03, bias_cov=0.08)
+
+
+def test_reverse_sde_is_a_torchsde_sde():
+    """sde.reverse(score) goes straight into torchsde.sdeint and agrees with .sample on the same Brownian path."""
+    sde = sds.VPSDE()
+    score = TARGET.score_fn(sde)
+    x_T = _law_at_T_samples(sde, 64, 4)
+    s_end = sde.T - EPS
+
+    def bm():
+        return torchsde.BrownianInterval(t0=0.0, t1=s_end, size=(64, 2), dtype=torch.float64, entropy=7)
+
+    ys = torchsde.sdeint(
+        sde.reverse(score), x_T, torch.tensor([0.0, s_end], dtype=torch.float64), bm=bm(), method="euler", dt=s_end / 50 * (1 + 1e-9)
+    )
+    r = sde.reverse(score).sample(x_T, steps=50, eps=EPS, bm=bm())
+    torch.testing.assert_close(r.x, ys[-1], rtol=0, atol=1e-12)
+
+
+def _fit_order(steps, errors):
+    return -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+
+
+def test_euler_maruyama_has_weak_order_one():
+    """|E phi(X_h) - E phi(X_ref)| on a shared Brownian path, phi = |x|^2, falls as h^1 (fitted slope)."""
+    sde = sds.VPSDE()
+    score = TARGET.score_fn(sde)
+    n = 4000
+    x_T = _law_at_T_samples(sde, n, 5)
+    s_end = sde.T - EPS
+
+    def second_moment(steps):
+        bm = torchsde.BrownianInterval(t0=0.0, t1=s_end, size=(n, 2), dtype=torch.float64, entropy=11)
+        return float(sde.reverse(score).sample(x_T, steps=steps, eps=EPS, bm=bm).x.pow(2).sum(1).mean())
+
+    ref_steps = 512
+    ref = second_moment(ref_steps)
+    steps = np.array([16, 32, 64, 128])
+    errors = np.array([abs(second_moment(int(k)) - ref) for k in steps])
+    # The reference has an error of its own, C h_ref^p with the same p: fit e(h) = C (h^p - h_ref^p) for (C, p).
+    h, h_ref = 1.0 / steps, 1.0 / ref_steps
+    (_, p), _ = curve_fit(lambda h, C, p: C * (h**p - h_ref**p), h, errors, p0=(1.0, 1.0))
+    assert 0.75 < p < 1.25, (errors, p)  # separates order 1 from 0.5 (strong EM) and 2
+
+
+@pytest.mark.parametrize("method, order", [("euler", 1), ("midpoint", 2), ("heun2", 2), ("rk4", 4)])
+def test_fixed_step_ode_methods_converge_at_their_order(method, order):
+    """Error against the closed-form probability-flow solution of a Gaussian, fitted slope in the step count."""
+    sde = sds.VPSDE()
+    ode = sde.probability_flow(TARGET.score_fn(sde))
+    x_T = _law_at_T_samples(sde, 256, 6)
+    exact = TARGET.ode_solution(sde, x_T, sde.T, EPS)
+    steps = [8, 16, 32, 64]
+    errors = [float((ode.sample(x_T, method=method, steps=k, eps=EPS).x - exact).abs().max()) for k in steps]
+    assert order - 0.35 < _fit_order(steps, errors) < order + 0.6, errors
+
+
+def test_probability_flow_matches_the_closed_form_solution(sde):
+    ode = sde.probability_flow(TARGET.score_fn(sde))
+    x_T = _law_at_T_samples(sde, 512, 8)
+    r = ode.sample(x_T, rtol=1e-8, atol=1e-8, eps=EPS)
+    exact = TARGET.ode_solution(sde, x_T, sde.T, EPS)
+    assert float((r.x - exact).abs().max()) < 1e-5
+    _assert_moments(r.x, TARGET.marginal(sde, EPS), bias_mean=0.0, bias_cov=0.0)
+
+
+def test_encode_then_sample_is_the_identity(sde):
+    ode = sde.probability_flow(TARGET.score_fn(sde))
+    x0 = TARGET.marginal(sde, EPS).sample(256, generator=torch.Generator().manual_seed(9))
+    z = ode.encode(x0, rtol=1e-9, atol=1e-9, eps=EPS)
+    torch.testing.assert_close(z.x, TARGET.ode_solution(sde, x0, EPS, sde.T), rtol=1e-5, atol=1e-5 * sde.prior_std)
+    back = ode.sample(z.x, rtol=1e-9, atol=1e-9, eps=EPS)
+    assert float((back.x - x0).abs().max()) < 1e-5
+
+
+def test_the_score_is_never_evaluated_outside_the_interval(sde):
+    seen = []
+
+    def score(x, t):
+        seen.append((float(t.min()), float(t.max())))
+        return TARGET.score_fn(sde)(x, t)
+
+    ode = sde.probability_flow(score)
+    x0 = TARGET.marginal(sde, EPS).sample(64, generator=torch.Generator().manual_seed(10))
+    for method in ("dopri5", "bosh3", "adaptive_heun"):
+        z = ode.encode(x0, method=method, eps=EPS)
+        ode.sample(z.x, method=method, eps=EPS)
+    assert min(lo for lo, _ in seen) >= EPS and max(hi for _, hi in seen) <= sde.T
+    with pytest.raises(ValueError, match=r"defined for t in \[0, 1.0\]"):
+        ode(torch.tensor(-0.01), x0)
+
+
+PREDICTORS = ["euler_maruyama", "reverse_diffusion", "ancestral_sampling"]
+
+
+@pytest.mark.parametrize("corrector", ["none", "langevin"])
+@pytest.mark.parametrize("predictor", PREDICTORS)
+def test_pc_sample_reproduces_gaussian_moments(sde, predictor, corrector):
+    x_T = _law_at_T_samples(sde, 6000, 12)
+    r = sds.pc_sample(
+        sde, TARGET.score_fn(sde), None, x_T=x_T, predictor=predictor, corrector=corrector, steps=200, eps=EPS,
+        generator=torch.Generator().manual_seed(13),
+    )
+    assert r.nfe == 200 * (1 + (corrector == "langevin"))
+    _assert_moments(r.x, TARGET.marginal(sde, EPS), bias_mean=0.02, bias_cov=0.06)
+
+
+def test_pc_sample_from_the_prior_draws_with_the_generator():
+    sde = sds.VESDE()
+    kw = dict(steps=20, generator=None, dtype=torch.float64)
+    a = sds.pc_sample(sde, TARGET.score_fn(sde), (5, 2), **{**kw, "generator": torch.Generator().manual_seed(0)})
+    b = sds.pc_sample(sde, TARGET.score_fn(sde), (5, 2), **{**kw, "generator": torch.Generator().manual_seed(0)})
+    assert torch.equal(a.x, b.x) and a.x.shape == (5, 2)
+
+
+def test_vp_ancestral_step_is_ddpm_with_posterior_variance():
+    """Ho et al. (2020), eq. 7: mean (x - beta_i / sqrt(1 - abar_i) eps) / sqrt(1 - beta_i), var beta_i (1 - abar_{i-1}) / (1 - abar_i)."""
+    sde = sds.VPSDE()
+    score = TARGET.score_fn(sde)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t, h = torch.full((6,), 0.6, dtype=torch.float64), 0.01
+    ancestral = sds.PREDICTORS["ancestral_sampling"]
+    x_next, x_mean = ancestral.step(sde, score, x, t, h, torch.Generator().manual_seed(2))
+    abar_t = sde.kernel(t)[0] ** 2
+    abar_s = sde.kernel(t - h)[0] ** 2
+    beta = 1 - abar_t / abar_s
+    eps_hat = sds.eps_from_score(sde, score)(x, t)
+    mean = (x - (beta / torch.sqrt(1 - abar_t))[:, None] * eps_hat) / torch.sqrt(1 - beta)[:, None]
+    var = beta * (1 - abar_s) / (1 - abar_t)
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    torch.testing.assert_close(x_mean, mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x_next, mean + torch.sqrt(var)[:, None] * z, rtol=1e-10, atol=1e-12)
+
+
+def test_ve_ancestral_step_is_smld():
+    """Song et al. (2021), eq. 47: x + (s_i^2 - s_{i-1}^2) score + sqrt(s_{i-1}^2 (s_i^2 - s_{i-1}^2) / s_i^2) z."""
+    sde = sds.VESDE()
+    score = TARGET.score_fn(sde)
+    x = 10 * torch.randn(6, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    t, h = torch.full((6,), 0.6, dtype=torch.float64), 0.01
+    x_next, x_mean = sds.PREDICTORS["ancestral_sampling"].step(sde, score, x, t, h, torch.Generator().manual_seed(2))
+    s2, sp2 = sde.sigma(t) ** 2, sde.sigma(t - h) ** 2
+    z = torch.randn(6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    mean = x + (s2 - sp2)[:, None] * score(x, t)
+    torch.testing.assert_close(x_mean, mean, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(x_next, mean + torch.sqrt(sp2 * (s2 - sp2) / s2)[:, None] * z, rtol=1e-10, atol=1e-12)
+
+
+def test_samplers_keep_the_data_shape():
+    """Images (B, C, H, W) go through every sampler; the score sees the image shape."""
+    sde = sds.VPSDE()
+    d = 16
+    target = GaussianMixture(torch.ones(1), torch.zeros(1, d), torch.full((1,), 0.5))
+    shapes = []
+
+    def score(x, t):
+        shapes.append(tuple(x.shape))
+        return target.score_fn(sde)(x, t)
+
+    x_T = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    outs = [
+        sde.reverse(score).sample(x_T, steps=5, eps=EPS),
+        sde.probability_flow(score).sample(x_T, eps=EPS),
+        sds.pc_sample(sde, score, None, x_T=x_T, steps=30, eps=EPS),
+    ]
+    assert all(r.x.shape == x_T.shape for r in outs)
+    assert set(shapes) == {(3, 1, 4, 4)}
+
+
+def _nan_below_half(x, t):
+    return torch.where(t[:, None] < 0.5, torch.full_like(x, float("nan")), -x)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda sde, x: sde.reverse(_nan_below_half).sample(x, steps=10, eps=EPS),
+        lambda sde, x: sde.probability_flow(_nan_below_half).sample(x, method="euler", steps=10, eps=EPS),
+        lambda sde, x: sds.pc_sample(
+            sde, _nan_below_half, None, x_T=x, predictor="euler_maruyama", steps=10, eps=EPS, corrector="none"
+        ),
+    ],
+    ids=["reverse", "ode", "pc"],
+)
+def test_non_finite_scores_raise_with_step_and_time(run):
+    # grid 1, 0.9001, ..., step k evaluates at t = 1 - k * 0.0999; the first t below 0.5 is step 6, t = 0.4006
+    with pytest.raises(sds.NonFiniteError, match=r"step 6 \(t=0\.4006"):
+        run(sds.VPSDE(), torch.randn(4, 2, dtype=torch.float64))
+
+
+def test_score_output_is_checked():
+    sde = sds.VPSDE()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"score_fn returned shape \(4, 1\) for x of shape \(4, 2\)"):
+        sde.reverse(lambda x, t: x[:, :1]).sample(x, steps=2)
+    with pytest.raises(TypeError, match="score_fn returned dtype torch.float32"):
+        sde.probability_flow(lambda x, t: x.float()).sample(x, method="euler", steps=2)
+    with pytest.raises(TypeError, match="must return a torch.Tensor"):
+        sds.pc_sample(sde, lambda x, t: 0.0, None, x_T=x, steps=2)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda sde, s, x: sde.reverse(s).sample(x, steps=0), ValueError, "steps must be >= 1"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, eps=0.0), ValueError, "eps must be > 0"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, eps=1.0), ValueError, r"eps must lie in \(0, T=1.0\)"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, method="rk45"), ValueError, "method must be one of"),
+        (lambda sde, s, x: sde.reverse(s).sample(x[0]), ValueError, "at least 2 dimensions"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, generator=1), TypeError, "generator must be a torch.Generator"),
+        (lambda sde, s, x: sde.probability_flow(s).sample(x, method="rk45"), ValueError, "torchdiffeq method"),
+        (lambda sde, s, x: sde.probability_flow(s).sample(x, steps=10), ValueError, "steps applies to fixed-step"),
+        (lambda sde, s, x: sde.probability_flow(s).sample(x, method="rk4"), ValueError, "needs steps="),
+        (lambda sde, s, x: sde.probability_flow(s).sample(x, rtol=-1.0), ValueError, "rtol must be > 0"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, predictor="heun"), ValueError, "predictor must be one of"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, snr=0.0), ValueError, "snr must be > 0"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, steps=10), ValueError, "DDPM chain needs beta"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, (3, 2), x_T=x), ValueError, "disagrees with x_T"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None), ValueError, "pass shape"),
+        (lambda sde, s, x: sds.pc_sample("vp", s, (3, 2)), TypeError, "sde must be an sdescore.SDE"),
+        (lambda sde, s, x: sde.reverse(s).sample(x * math.inf), ValueError, "x_T holds non-finite values"),
+        (lambda sde, s, x: sde.reverse(s).sample(x.long()), TypeError, "floating dtype"),
+    ],
+)
+def test_bad_sampler_arguments_are_rejected(call, error, match):
+    sde = sds.VPSDE()
+    with pytest.raises(error, match=match):
+        call(sde, TARGET.score_fn(sde), torch.randn(4, 2, dtype=torch.float64))

@@ -1,0 +1,164 @@
+"""The SDE classes against their closed forms: kernels, moment ODEs, discrete chains, priors, input checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+
+import sdescore as sds
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+def _t(value: float, n: int = 1) -> torch.Tensor:
+    return torch.full((n,), value, dtype=torch.float64)
+
+
+def test_kernel_matches_simulation_of_the_forward_sde(sde):
+    """Euler–Maruyama on drift/diffusion from x_s ~ p_s(.|x0) reaches the kernel's mean and variance at t."""
+    gen = torch.Generator().manual_seed(0)
+    n, steps, s, t = 40_000, 400, 0.3, 0.8
+    x0 = torch.full((n, 1), 0.7)
+    x, _ = sde.perturb(x0, _t(s, n), generator=gen)
+    h = (t - s) / steps
+    for i in range(steps):
+        tt = _t(s + i * h, n)
+        x = x + sde.f(x, tt) * h + sde.g(tt)[:, None] * math.sqrt(h) * torch.randn(x.shape, generator=gen)
+    mean, std = sde.marginal_prob(x0[:1], _t(t))
+    mean, var = float(mean), float(std) ** 2
+    se_mean, se_var = math.sqrt(var / n), var * math.sqrt(2 / n)
+    # 5 standard errors: the test fails by chance with probability below 1e-6 per moment.
+    assert abs(float(x.mean()) - mean) < 5 * se_mean
+    assert abs(float(x.var()) - var) < 5 * se_var + 5e-3 * var  # + a bound on the Euler–Maruyama bias at this step
+
+
+def test_kernel_solves_the_moment_odes(sde):
+    """d alpha/dt = f(t) alpha and d var/dt = 2 f(t) var + g(t)^2 for the linear drift f(x, t) = f(t) x."""
+    t = torch.linspace(0.01, 1.0, 101).requires_grad_(True)
+    alpha, std = sde.kernel(t)
+    alpha = alpha + 0 * t  # VE's alpha is the constant 1, with no graph of its own
+    var = std**2
+    d_alpha, = torch.autograd.grad(alpha.sum(), t, retain_graph=True)
+    d_var, = torch.autograd.grad(var.sum(), t)
+    f_coef = sde.f(torch.ones(101, 1), t.detach())[:, 0]
+    g2 = sde.g(t.detach()) ** 2
+    torch.testing.assert_close(d_alpha, f_coef * alpha.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(d_var, 2 * f_coef * var.detach() + g2, rtol=1e-10, atol=1e-12)
+
+
+def test_initial_kernel_follows_the_stated_convention():
+    """VE: std(0) = sigma_min (data smoothed by sigma_min, the SMLD convention); VP and sub-VP: std(0) = 0."""
+    ve, vp, subvp = sds.VESDE(0.01, 50.0), sds.VPSDE(), sds.SubVPSDE()
+    assert float(ve.kernel(_t(0.0))[1]) == pytest.approx(0.01, rel=1e-12)
+    assert float(ve.kernel(_t(1.0))[1]) == pytest.approx(50.0, rel=1e-12)
+    for s in (vp, subvp):
+        alpha, std = s.kernel(_t(0.0))
+        assert float(alpha) == 1.0 and float(std) == 0.0
+    # sub-VP variance never exceeds VP's
+    t = torch.linspace(1e-4, 1, 1000)
+    assert bool((subvp.kernel(t)[1] <= vp.kernel(t)[1]).all())
+
+
+def test_log_snr_inverts(sde):
+    t = torch.linspace(1e-3, 1.0, 257)
+    lam = sde.log_snr(t)
+    alpha, std = sde.kernel(t)
+    torch.testing.assert_close(lam, torch.log(alpha**2 / std**2), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sde.t_from_log_snr(lam), t, rtol=1e-9, atol=1e-9)
+    assert bool((lam[1:] < lam[:-1]).all()), "log-SNR must decrease in t"
+
+
+def test_ve_discretize_is_the_smld_chain():
+    sde = sds.VESDE(0.01, 50.0, N=100)
+    t = torch.linspace(0.01, 1, 100)
+    f_i, G_i = sde.discretize(torch.ones(100, 3), t)
+    assert bool((f_i == 0).all())
+    torch.testing.assert_close(G_i**2 + sde.sigma(t - 0.01) ** 2, sde.sigma(t) ** 2, rtol=1e-12, atol=0)
+
+
+def test_vp_discretize_is_the_ddpm_chain():
+    """x + f_i + G_i z = sqrt(1 - beta_i) x + sqrt(beta_i) z with beta_i = beta(t_i) / N (Ho et al. 2020, eq. 2)."""
+    N = 1000
+    sde = sds.VPSDE(0.1, 20.0, N=N)
+    t = torch.linspace(0, 1, 50)
+    x = torch.randn(50, 4)
+    f_i, G_i = sde.discretize(x, t)
+    beta_i = (0.1 + t * 19.9) / N
+    torch.testing.assert_close(x + f_i, torch.sqrt(1 - beta_i)[:, None] * x, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(G_i, torch.sqrt(beta_i), rtol=1e-12, atol=0)
+
+
+def test_default_discretize_is_euler_maruyama():
+    sde = sds.SubVPSDE(N=200)
+    t = torch.linspace(0.1, 1, 7)
+    x = torch.randn(7, 2)
+    f_i, G_i = sde.discretize(x, t)
+    torch.testing.assert_close(f_i, sde.f(x, t) / 200)
+    torch.testing.assert_close(G_i, sde.g(t) / math.sqrt(200))
+
+
+def test_prior_logp_is_the_gaussian_density(sde):
+    z = sde.prior_sampling((5, 3, 2), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected = stats.norm(scale=sde.prior_std).logpdf(z.numpy()).reshape(5, -1).sum(1)
+    torch.testing.assert_close(sde.prior_logp(z), torch.from_numpy(expected), rtol=1e-12, atol=1e-12)
+
+
+def test_prior_sampling_has_the_prior_std(sde):
+    z = sde.prior_sampling((200_000, 1), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    # the sample std's standard error is std / sqrt(2n); 5 of them
+    assert abs(float(z.std()) / sde.prior_std - 1) < 5 / math.sqrt(2 * 200_000)
+
+
+def test_perturb_applies_the_given_noise(sde):
+    x0 = torch.randn(4, 2, 3)
+    t = torch.tensor([0.1, 0.4, 0.7, 1.0])
+    noise = torch.randn(4, 2, 3)
+    xt, z = sde.perturb(x0, t, noise)
+    alpha, std = sde.kernel(t)
+    assert z is noise
+    torch.testing.assert_close(xt, alpha[:, None, None] * x0 + std[:, None, None] * noise)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: sds.VESDE(sigma_min=1.0, sigma_max=1.0), "sigma_min must be < sigma_max"),
+        (lambda: sds.VESDE(sigma_min=-1.0), "sigma_min must be > 0"),
+        (lambda: sds.VESDE(sigma_max=float("nan")), "sigma_max must be finite"),
+        (lambda: sds.VPSDE(beta_min=-0.1), "beta_min must be >= 0"),
+        (lambda: sds.SubVPSDE(beta_min=2.0, beta_max=1.0), "beta_min <= beta_max"),
+        (lambda: sds.VPSDE(N=0), "N must be >= 1"),
+    ],
+)
+def test_invalid_parameters_are_rejected(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("bad", [True, 2.5, "10"])
+def test_N_must_be_an_integer(bad):
+    with pytest.raises(TypeError, match="N must be an integer"):
+        sds.VESDE(N=bad)
+
+
+def test_times_are_checked(sde):
+    x = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match=r"t must lie in \[0.0, 1.0\]"):
+        sde.drift(x, torch.tensor([0.1, 0.5, 1.5]))
+    with pytest.raises(ValueError, match=r"t must lie in"):
+        sde.marginal_prob(x, torch.tensor([-0.1, 0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"must have shape \(3,\)"):
+        sde.marginal_prob(x, torch.tensor([0.5]))
+    with pytest.raises(ValueError, match=r"must have shape \(B,\)"):
+        sde.diffusion(torch.tensor(0.5))
+    with pytest.raises(TypeError, match="floating dtype"):
+        sde.drift(x, torch.tensor([0, 1, 1]))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        sde.drift(x, 0.5)
+    with pytest.raises(ValueError, match="non-finite"):
+        sde.drift(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0.5]))
+    with pytest.raises(ValueError, match="noise must be a tensor shaped like x0"):
+        sde.perturb(x, torch.full((3,), 0.5), torch.zeros(3, 3))
