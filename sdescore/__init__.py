@@ -7,11 +7,37 @@ enter through the converters.
 """
 
 from ._score import NonFiniteError, SampleResult
+from .discrete import (
+    DDPM_VARIANCES,
+    AnnealedLangevinCorrector,
+    annealed_langevin,
+    ddpm_betas,
+    ddpm_eps_from_continuous,
+    ddpm_sample,
+    ddpm_times,
+    langevin,
+    ncsn_from_score,
+    ncsn_sigmas,
+    score_from_ncsn,
+    ve_sde_from_ncsn_sigmas,
+)
+from .losses import WEIGHTINGS, dsm_loss, eps_loss, ism_loss, ncsn_loss, ssm_loss
 from .flow import ProbabilityFlowODE
 from .parametrizations import denoiser_from_score, eps_from_score, score_from_denoiser, score_from_eps
 from .reverse import IncrementBrownian, ReverseSDE
 from .samplers import CORRECTORS, PREDICTORS, pc_sample
 from .sde import SDE, VESDE, VPSDE, SubVPSDE
+from .nets import DDPMUNet, GaussianFourierProjection, NCSNUNet, ScoreMLP, SinusoidalEmbedding
+from .training import (
+    DistributedInfo,
+    StepInfo,
+    TrainResult,
+    load_checkpoint,
+    save_checkpoint,
+    setup_distributed,
+    teardown_distributed,
+    train,
+)
 
 __version__ = "0.1.0"
 
@@ -32,4 +58,37 @@ __all__ = [
     "eps_from_score",
     "score_from_denoiser",
     "denoiser_from_score",
+    # objectives and the discrete special cases (sdescore.losses, sdescore.discrete)
+    "dsm_loss",
+    "eps_loss",
+    "ism_loss",
+    "ssm_loss",
+    "ncsn_loss",
+    "WEIGHTINGS",
+    "ncsn_sigmas",
+    "ve_sde_from_ncsn_sigmas",
+    "score_from_ncsn",
+    "ncsn_from_score",
+    "langevin",
+    "annealed_langevin",
+    "AnnealedLangevinCorrector",
+    "ddpm_betas",
+    "ddpm_times",
+    "ddpm_sample",
+    "ddpm_eps_from_continuous",
+    "DDPM_VARIANCES",
+    # networks and training (sdescore.nets, sdescore.training); data loaders live in sdescore.data
+    "ScoreMLP",
+    "NCSNUNet",
+    "DDPMUNet",
+    "GaussianFourierProjection",
+    "SinusoidalEmbedding",
+    "train",
+    "TrainResult",
+    "StepInfo",
+    "save_checkpoint",
+    "load_checkpoint",
+    "setup_distributed",
+    "teardown_distributed",
+    "DistributedInfo",
 ]

@@ -95,3 +95,43 @@ def check_generator(generator: Any, device: torch.device) -> torch.Generator | N
             f"create it with torch.Generator(device={str(device)!r})."
         )
     return generator
+
+
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}.")
+    return value
+
+
+def check_callable(name: str, fn: Any, signature: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable as {signature}, got {type(fn).__name__}.")
+
+
+def check_sigmas(name: str, sigmas: Any, *, device: torch.device | str | None = None) -> Tensor:
+    """Noise levels sigma_1 > sigma_2 > ... > sigma_L > 0 as a float64 tensor of shape (L,).
+
+    Accepts a 1-D floating tensor or a sequence of real numbers; raises naming `name` otherwise.
+    """
+    if isinstance(sigmas, Tensor):
+        if not sigmas.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor of shape (L,), got dtype {sigmas.dtype}.")
+        s = sigmas.detach().to(dtype=torch.float64, device=device)
+    else:
+        try:
+            values = list(sigmas)
+        except TypeError:
+            raise TypeError(f"{name} must be a 1-D tensor or a sequence of noise levels, got {type(sigmas).__name__}.") from None
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+            raise TypeError(f"{name} must hold real numbers, got {values!r}.")
+        s = torch.tensor(values, dtype=torch.float64, device=device)
+    if s.ndim != 1 or s.numel() == 0:
+        raise ValueError(f"{name} must have shape (L,) with L >= 1, got shape {tuple(s.shape)}.")
+    if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+        raise ValueError(f"{name} must be finite and > 0, got {s.tolist()}.")
+    if s.numel() > 1 and not bool((s[1:] < s[:-1]).all()):
+        raise ValueError(
+            f"{name} must be strictly decreasing (sigma_1 > ... > sigma_L, NCSN's order), got {s.tolist()}; "
+            "build them with ncsn_sigmas(sigma_1, sigma_L, L)."
+        )
+    return s

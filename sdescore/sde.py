@@ -176,6 +176,16 @@ class VESDE(SDE):
     def __repr__(self) -> str:
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N})"
 
+    @classmethod
+    def from_ncsn(cls, sigmas: Sequence[float] | Tensor) -> "VESDE":
+        """The VE-SDE of NCSN's geometric levels sigma_1 > ... > sigma_L: VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L).
+
+        Its kernel std at t_i = (L - 1 - i) / (L - 1) is sigma_{i+1} (Song et al. 2021, section 3.4; see sdescore.discrete).
+        """
+        from .discrete import ve_sde_from_ncsn_sigmas
+
+        return ve_sde_from_ncsn_sigmas(sigmas)
+
     def sigma(self, t: Tensor) -> Tensor:
         """sigma(t) = sigma_min (sigma_max / sigma_min)^t, shape (B,)."""
         return self.sigma_min * torch.exp(t * self._log_ratio)
