@@ -1,0 +1,107 @@
+"""torch.distributed plumbing for torchrun: join the process group, shard the data, average across ranks.
+
+The same script runs on one CPU, one GPU or many: `torchrun --nproc_per_node=N script.py` sets RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT (torchrun's contract); a plain `python script.py`
+sets none of them and runs as a single process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["DistributedInfo", "setup_distributed", "teardown_distributed", "current_distributed", "shard", "mean_over_ranks"]
+
+
+@dataclass(frozen=True)
+class DistributedInfo:
+    """Where this process stands: its rank among world_size processes, its local rank on the node, its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the process that logs and writes checkpoints."""
+        return self.rank == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer (torchrun sets it), got {value!r}.") from None
+
+
+def _default_device(local_rank: int) -> torch.device:
+    return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def setup_distributed() -> DistributedInfo:
+    """Join the process group that torchrun describes ('nccl' on CUDA, else 'gloo'); a single process otherwise.
+
+    Reads RANK, WORLD_SIZE and LOCAL_RANK; with WORLD_SIZE > 1 it calls init_process_group (env://
+    rendezvous through MASTER_ADDR and MASTER_PORT) and selects the GPU LOCAL_RANK. Call once at the start
+    of a script and `teardown_distributed()` at its end.
+    """
+    world_size = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank} and WORLD_SIZE={world_size} are inconsistent; launch with torchrun.")
+    device = _default_device(local_rank)
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ValueError(
+                f"LOCAL_RANK={local_rank} but this node has {torch.cuda.device_count()} GPUs; "
+                "use --nproc_per_node at most the number of GPUs."
+            )
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return current_distributed()
+
+
+def current_distributed() -> DistributedInfo:
+    """This process's rank, world size, local rank and default device (rank 0 of 1 without a process group)."""
+    if dist.is_available() and dist.is_initialized():
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world_size = 0, 1
+    local_rank = _env_int("LOCAL_RANK", 0) if world_size > 1 else 0
+    return DistributedInfo(rank, world_size, local_rank, _default_device(local_rank))
+
+
+def teardown_distributed() -> None:
+    """Leave the process group, if one was joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(indices: Tensor, rank: int, world_size: int) -> Tensor:
+    """The part of a global batch that rank `rank` processes: indices[rank::world_size], as DistributedSampler deals.
+
+    Args:
+        indices: (B,) example indices of the global batch, B divisible by world_size.
+    """
+    if indices.shape[0] % world_size:
+        raise ValueError(f"a global batch of {indices.shape[0]} cannot be split evenly over {world_size} processes.")
+    return indices[rank::world_size]
+
+
+def mean_over_ranks(value: Tensor) -> Tensor:
+    """The average of `value` over all ranks (itself without a process group); gloo has no AVG, so SUM / world."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    value = value.clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / dist.get_world_size()

@@ -1,0 +1,246 @@
+"""The training loop: exact resume after a kill, DDP = one process on the combined batch, atomic checkpoints,
+the EMA and the warm-up in closed form, the data order, and the input checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sdescore.nets import ScoreMLP
+from sdescore.training import batch_indices, load_checkpoint, save_checkpoint, train, warmup_factor
+from sdescore.training.distributed import shard
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _ddp_worker  # noqa: E402
+import _training_problem as problem  # noqa: E402
+
+TESTS = Path(__file__).parent
+# The killed run must compute exactly as this process does: same thread count.
+ENV = {**os.environ, "PYTHONPATH": str(TESTS.parent), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+
+
+def _state_equal(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------ resume
+def test_resume_after_sigkill_reproduces_uninterrupted_run_bitwise(tmp_path):
+    n_steps = 14
+    reference = problem.run(None, n_steps)
+
+    ckpt = tmp_path / "ckpt.pt"
+    killed = subprocess.run(
+        [sys.executable, str(TESTS / "_training_problem.py"), "--checkpoint", str(ckpt), "--n-steps", str(n_steps),
+         "--kill-at", "8"],
+        env=ENV, capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -9, killed.stderr  # died by SIGKILL after step 8; the last checkpoint is step 6
+    assert load_checkpoint(ckpt)["step"] == 6
+
+    resumed = problem.run(str(ckpt), n_steps)
+    assert resumed.losses == reference.losses  # exact floats, including the 6 steps from the checkpoint
+    assert _state_equal(resumed.model.state_dict(), reference.model.state_dict())
+    assert _state_equal(resumed.ema.state_dict(), reference.ema.state_dict())
+
+
+def test_resume_extends_a_finished_run_to_more_steps_exactly(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    problem.run(str(ckpt), 5)
+    extended = problem.run(str(ckpt), 9)
+    reference = problem.run(None, 9)
+    assert extended.losses == reference.losses
+    assert _state_equal(extended.model.state_dict(), reference.model.state_dict())
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    problem.run(str(ckpt), 3)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=8, n_steps=4,
+              seed=problem.SEED, checkpoint_path=ckpt, progress=False)
+
+
+# ------------------------------------------------------------------------------------------ DDP
+def test_ddp_two_gloo_processes_equal_one_process_on_the_combined_batch(tmp_path):
+    out = tmp_path / "ddp.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TESTS / "_ddp_worker.py"), str(out)],
+        env=ENV, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = torch.load(out, weights_only=True)
+    assert ddp["world_size"] == 2
+
+    single = _ddp_worker.run()
+    torch.testing.assert_close(torch.tensor(ddp["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
+    for name, p in single.model.state_dict().items():
+        torch.testing.assert_close(ddp["model"][name], p, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_shards_of_a_global_batch_are_disjoint_and_cover_it():
+    idx = torch.randperm(12)
+    parts = [shard(idx, r, 3) for r in range(3)]
+    assert sorted(torch.cat(parts).tolist()) == sorted(idx.tolist())
+    with pytest.raises(ValueError, match="evenly"):
+        shard(idx, 0, 5)
+
+
+# ------------------------------------------------------------------------------------------ data order
+def test_each_epoch_visits_every_example_once_in_a_new_order():
+    n, b, seed = 50, 8, 3  # 6 batches per epoch, 2 examples dropped per epoch
+    epochs = [torch.cat([batch_indices(e * 6 + k, n, b, seed) for k in range(6)]) for e in range(2)]
+    for ep in epochs:
+        assert ep.numel() == 48 and ep.unique().numel() == 48
+    assert not torch.equal(epochs[0], epochs[1])
+    assert torch.equal(batch_indices(7, n, b, seed), batch_indices(7, n, b, seed))
+
+
+def test_dataset_and_tensor_data_give_the_same_run():
+    data = problem.make_data()
+    kwargs = dict(batch_size=16, n_steps=4, lr=1e-2, seed=1, progress=False)
+    a = train(problem.make_model(), problem.dsm_loss, data, **kwargs)
+    b = train(problem.make_model(), problem.dsm_loss, torch.utils.data.TensorDataset(data), **kwargs)
+    assert a.losses == b.losses
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def test_checkpoint_of_train_loads_with_weights_only(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    problem.run(str(ckpt), 3)
+    state = torch.load(ckpt, weights_only=True)
+    assert state["step"] == 3 and state["seed"] == problem.SEED
+    assert set(state) >= {"model", "ema", "optimizer", "scheduler", "losses"}
+    assert state["losses"].dtype == torch.float64 and state["losses"].shape == (3,)
+
+
+def test_failed_write_leaves_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    good = {"step": 1, "w": torch.arange(4.0)}
+    save_checkpoint(good, path)
+
+    real_save = torch.save
+
+    def crash_midway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 partial")  # a zip header and nothing else, then the "disk fills up"
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", crash_midway)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint({"step": 2, "w": torch.zeros(4)}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    loaded = load_checkpoint(path)
+    assert loaded["step"] == 1 and torch.equal(loaded["w"], good["w"])
+
+
+def test_stray_partial_temporary_file_does_not_disturb_resume(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    problem.run(str(ckpt), 3)
+    (tmp_path / ".ckpt.pt.abc123.tmp").write_bytes(b"PK\x03\x04 truncated by a kill")
+    assert problem.run(str(ckpt), 4).losses == problem.run(None, 4).losses
+
+
+def test_checkpoint_rejects_objects_weights_only_cannot_load(tmp_path):
+    with pytest.raises(TypeError, match=r"state\['fn'\]"):
+        save_checkpoint({"fn": lambda: 0}, tmp_path / "c.pt")
+    assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ EMA, warm-up
+def test_ema_equals_closed_form_exponential_average():
+    decay, n_steps = 0.9, 4
+    model = problem.make_model()
+    seen: list[dict] = []
+
+    def record(info):
+        seen.append({k: v.detach().double().clone() for k, v in model.state_dict().items()})
+
+    result = train(model, problem.dsm_loss, problem.make_data(), batch_size=16, n_steps=n_steps, lr=1e-2,
+                   ema_decay=decay, progress=False, callback=record)
+    # e_1 = p_1 and e_k = d e_{k-1} + (1 - d) p_k, so e_K = d^(K-1) p_1 + sum_{k=2}^K (1 - d) d^(K-k) p_k
+    K = n_steps
+    for name, e in result.ema.state_dict().items():
+        closed = decay ** (K - 1) * seen[0][name] + sum((1 - decay) * decay ** (K - k) * seen[k - 1][name] for k in range(2, K + 1))
+        torch.testing.assert_close(e.double(), closed, rtol=1e-6, atol=1e-7, msg=name)
+        if name.endswith("weight"):
+            assert not torch.allclose(e.double(), seen[-1][name])  # the average is not just the last weights
+
+
+def test_warmup_schedule_is_linear_then_constant():
+    lrs = []
+    train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=16, n_steps=6, lr=0.1,
+          warmup_steps=4, progress=False, callback=lambda info: lrs.append(info.lr))
+    assert lrs == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1], rel=1e-12)
+    assert [warmup_factor(k, 0) for k in range(3)] == [1.0, 1.0, 1.0]
+
+
+# ------------------------------------------------------------------------------------------ bad input
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(batch_size=1000), ValueError, "batch_size"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(n_steps=-1), ValueError, "n_steps"),
+        (dict(lr=0.0), ValueError, "lr"),
+        (dict(ema_decay=1.0), ValueError, "ema_decay"),
+        (dict(grad_clip=-1.0), ValueError, "grad_clip"),
+        (dict(seed=-1), ValueError, "seed"),
+        (dict(device="gpu0"), ValueError, "device"),
+        (dict(batch_size=2.5), TypeError, "batch_size"),
+    ],
+)
+def test_train_rejects_bad_arguments_by_name(kwargs, error, match):
+    args = dict(batch_size=16, n_steps=2, progress=False) | kwargs
+    with pytest.raises(error, match=match):
+        train(problem.make_model(), problem.dsm_loss, problem.make_data(), **args)
+
+
+def test_train_rejects_a_loss_that_is_not_a_scalar():
+    def per_example(model, x0, generator):
+        return (model(x0, torch.ones(x0.shape[0])) ** 2).sum(dim=1)
+
+    with pytest.raises(ValueError, match="scalar"):
+        train(problem.make_model(), per_example, problem.make_data(), batch_size=16, n_steps=1, progress=False)
+
+
+def test_train_rejects_unknown_keyword():
+    with pytest.raises(TypeError):
+        train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=16, n_steps=1, epochs=3)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager_losses():
+    def model():  # no dropout: inductor draws dropout masks from its own random stream
+        torch.manual_seed(0)
+        return ScoreMLP(2, hidden=32, depth=2, embedding_dim=16)
+
+    kwargs = dict(batch_size=16, n_steps=3, lr=1e-2, seed=1, progress=False)
+    eager = train(model(), problem.dsm_loss, problem.make_data(), **kwargs)
+    compiled = train(model(), problem.dsm_loss, problem.make_data(), compile_model=True, **kwargs)
+    torch.testing.assert_close(torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ torchrun environment
+def test_setup_without_torchrun_is_a_single_process(monkeypatch):
+    from sdescore.training import setup_distributed
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    info = setup_distributed()
+    assert (info.rank, info.world_size, info.is_main) == (0, 1, True)
+
+
+@pytest.mark.parametrize("env, match", [({"WORLD_SIZE": "two"}, "WORLD_SIZE"), ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2")])
+def test_setup_rejects_a_malformed_torchrun_environment(monkeypatch, env, match):
+    from sdescore.training import setup_distributed
+
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ValueError, match=match):
+        setup_distributed()
