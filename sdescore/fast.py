@@ -1,0 +1,735 @@
+"""Fast samplers: high-order solvers of the probability-flow ODE and an adaptive reverse-SDE solver.
+
+Every SDE of sdescore with a Gaussian kernel x_t = alpha(t) x0 + std(t) z (any affine drift) has the same
+probability-flow ODE once written in the scaled state y = x / alpha and the noise level sigma = std / alpha
+(Karras et al. 2022, eq. 4 with s = alpha; Lu et al. 2022a, eq. 3.3):
+
+    dy / dsigma = eps_hat(x, t),        eps_hat = -std score(x, t) = (y - D(x, t)) / sigma,
+
+where D(x, t) = E[x0 | x_t = x] is the denoiser (Tweedie) and eps_hat the noise prediction. With the half
+log-SNR lambda = log(alpha / std) = -log sigma as the time variable, the variation-of-constants formula is
+exact for the linear part (Lu et al. 2022a, eq. 3.4; 2022b, eq. 8):
+
+    x_s = alpha_s / alpha_t x_t - alpha_s int_{lambda_t}^{lambda_s} e^{-lambda} eps_hat d lambda          (noise form)
+    x_s = std_s / std_t x_t + std_s int_{lambda_t}^{lambda_s} e^{lambda} D d lambda                      (data form)
+
+and the solvers differ only in how they approximate the integrand. Nothing here assumes VP: for the VE-SDE
+alpha = 1 and the same formulas are the exponential integrator of dx/dsigma = (x - D) / sigma in
+lambda = -log sigma (docs/theory/fast_samplers.md derives it). The SDE answers for itself through
+`kernel`, `log_snr` and `t_from_log_snr`; no sampler looks at the class of the SDE.
+
+One loop (`_integrate`) runs every fixed-grid method; each method is an object with one `step`. Every score
+evaluation goes through `CheckedScore`, so `nfe` is counted, never computed, and a NaN names its step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor
+
+from ._checks import check_data, check_eps, check_generator, check_int, check_real
+from ._score import CheckedScore, NonFiniteError, SampleResult
+from .grids import TimeGrid, time_grid
+from .sde import SDE, ScoreFn, batch_view
+
+__all__ = [
+    "heun_sample",
+    "dpm_solver_sample",
+    "dpm_solver_pp_sample",
+    "adaptive_sde_sample",
+    "adaptive_ode_sample",
+    "FixedStepSampler",
+    "AdaptiveSampler",
+    "FAST_SAMPLERS",
+]
+
+
+# ---------------------------------------------------------------------- bookkeeping shared by every method
+class _Lin:
+    """A linear combination sum_k c_k T_k of tensors, kept symbolic and evaluated once.
+
+    The solvers' updates are short linear combinations of the state and a few model outputs with scalar
+    weights. Written as expressions (e.g. `a * X - b * e0 - c * (e1 - e0)`) they read like the papers;
+    `eval` merges repeated tensors and computes the sum with one fused multiply-add per distinct tensor,
+    so the sampler's own work stays a small fraction of a network's.
+    """
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: list[tuple[float, Tensor]]):
+        self.terms = terms
+
+    @staticmethod
+    def of(t: Tensor, c: float = 1.0) -> "_Lin":
+        return _Lin([(c, t)])
+
+    def __add__(self, other: "_Lin") -> "_Lin":
+        return _Lin(self.terms + other.terms)
+
+    def __sub__(self, other: "_Lin") -> "_Lin":
+        return _Lin(self.terms + [(-c, t) for c, t in other.terms])
+
+    def __mul__(self, k: float) -> "_Lin":
+        return _Lin([(k * c, t) for c, t in self.terms])
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, k: float) -> "_Lin":
+        return self * (1.0 / k)
+
+    def eval(self) -> Tensor:
+        merged: dict[int, list] = {}
+        for c, t in self.terms:
+            if id(t) in merged:
+                merged[id(t)][0] += c
+            else:
+                merged[id(t)] = [c, t]
+        (c0, t0), *rest = merged.values()
+        out = t0 * c0
+        for c, t in rest:
+            out.add_(t, alpha=c)
+        return out
+
+
+@dataclass(frozen=True)
+class _Node:
+    """A time of the integration with its kernel: alpha, std, lam = log(alpha / std), sigma = std / alpha."""
+
+    t: float
+    alpha: float
+    std: float
+    lam: float
+    tb: Tensor  # (B,) time in x's dtype, what the score receives
+
+    @property
+    def sigma(self) -> float:
+        return self.std / self.alpha
+
+
+class _Run:
+    """The state every fixed-grid method reads: the SDE, the checked score, the grid's nodes, the generator."""
+
+    def __init__(self, sde: SDE, score: CheckedScore, ts: Tensor, x: Tensor, generator: torch.Generator | None):
+        self.sde = sde
+        self._score = score
+        self.generator = generator
+        self._B, self._dtype, self._device = x.shape[0], x.dtype, x.device
+        self.nodes = self.nodes_at(ts)
+        self.steps = len(self.nodes) - 1
+        self.i = 0  # the step being taken, recorded with every evaluation for error messages
+        self.step_of_eval: list[int] = []
+
+    def nodes_at(self, t: Tensor) -> list[_Node]:
+        """Nodes at float64 times t (n,): one vectorized kernel call, then plain floats for the step arithmetic."""
+        t = t.to(torch.float64)
+        alpha, std = self.sde.kernel(t)
+        out = []
+        for ti, a, s in zip(t.tolist(), alpha.tolist(), std.tolist()):
+            tb = torch.full((self._B,), ti, dtype=self._dtype, device=self._device)
+            out.append(_Node(ti, a, s, math.log(a) - math.log(s), tb))
+        return out
+
+    def nodes_at_lam(self, lam: list[float]) -> list[_Node]:
+        """Nodes at half log-SNRs lam, through the SDE's inverse of its log-SNR (clamped into [0, T])."""
+        t = self.sde.t_from_log_snr(2.0 * torch.tensor(lam, dtype=torch.float64)).clamp(0.0, self.sde.T)
+        return self.nodes_at(t)
+
+    def score(self, x: Tensor, node: _Node) -> Tensor:
+        self.step_of_eval.append(self.i)
+        return self._score(x, node.tb, node.t)
+
+    def eps(self, x: Tensor, node: _Node) -> _Lin:
+        """Noise prediction eps_hat = -std score = E[z | x_t = x], as an expression (no tensor work)."""
+        return _Lin.of(self.score(x, node), -node.std)
+
+    def data(self, x: Tensor, node: _Node) -> _Lin:
+        """Data prediction D = (x + std^2 score) / alpha = E[x0 | x_t = x] (Tweedie), as an expression."""
+        s = self.score(x, node)
+        return _Lin([(1.0 / node.alpha, x), (node.std**2 / node.alpha, s)])
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+
+class _Method:
+    """One fixed-grid method: `prepare` precomputes what the grid fixes, `step` goes from node i to node i + 1."""
+
+    def prepare(self, run: _Run) -> None:
+        pass
+
+    def step(self, run: _Run, x: Tensor, i: int) -> Tensor:
+        raise NotImplementedError
+
+
+def _check_common(sde: Any, x_T: Any, steps: Any, eps: Any, generator: Any, denoise: Any) -> tuple:
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
+    x = check_data("x_T", x_T)
+    steps = check_int("steps", steps, minimum=1)
+    eps = check_eps(eps, sde.T)
+    generator = check_generator(generator, x.device)
+    if not isinstance(denoise, bool):
+        raise TypeError(f"denoise must be a bool, got {type(denoise).__name__} {denoise!r}.")
+    return x, steps, eps, generator
+
+
+def _integrate(
+    method: _Method,
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_T: Tensor,
+    steps: int,
+    grid: str | TimeGrid,
+    eps: float,
+    generator: torch.Generator | None,
+    denoise: bool,
+    where: str,
+) -> SampleResult:
+    """The one loop of every fixed-grid sampler: x_{i+1} = method.step(x_i) on the grid from T to eps."""
+    x, steps, eps, generator = _check_common(sde, x_T, steps, eps, generator, denoise)
+    ts = time_grid(sde, steps, grid, eps)
+    run = _Run(sde, CheckedScore(score_fn), ts, x, generator)
+    method.prepare(run)
+    for i in range(steps):
+        run.i = i
+        x = method.step(run, x, i)
+    if denoise:
+        run.i = steps
+        x = run.data(x, run.nodes[-1]).eval()
+    run._score.raise_if_nonfinite(x, where, lambda k, t: run.step_of_eval[k])
+    return SampleResult(x=x, nfe=run._score.nfe)
+
+
+# ---------------------------------------------------------------------- Heun (EDM)
+class _Heun(_Method):
+    """Karras et al. (2022), algorithm 2 (algorithm 1 when S_churn = 0), in y = x / alpha and sigma = std / alpha.
+
+    Churn: sigma_hat = sigma_i (1 + gamma_i), y_hat = y_i + sqrt(sigma_hat^2 - sigma_i^2) S_noise z, with
+    gamma_i = min(S_churn / n, sqrt(2) - 1) for S_tmin <= sigma_i <= S_tmax, else 0; sigma_hat is capped at
+    sigma(T), where the SDE ends. Then Heun's step of dy/dsigma = eps_hat from sigma_hat to sigma_{i+1}:
+
+        d = eps_hat(x_hat, t_hat),  y_e = y_hat + (sigma_{i+1} - sigma_hat) d,
+        y_{i+1} = y_hat + (sigma_{i+1} - sigma_hat) (d + eps_hat(alpha_{i+1} y_e, t_{i+1})) / 2.
+    """
+
+    def __init__(self, S_churn: float, S_tmin: float, S_tmax: float, S_noise: float):
+        self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = S_churn, S_tmin, S_tmax, S_noise
+        self.hat: list[_Node | None] = []
+
+    def prepare(self, run: _Run) -> None:
+        # gamma_i depends on the grid only, so the churned nodes are placed once.
+        gamma = min(self.S_churn / run.steps, math.sqrt(2.0) - 1.0)
+        sigma_T = run.nodes[0].sigma
+        self.hat = [None] * run.steps
+        where, lam = [], []
+        for i, node in enumerate(run.nodes[:-1]):
+            if gamma > 0 and self.S_tmin <= node.sigma <= self.S_tmax:
+                sigma_hat = min(node.sigma * (1.0 + gamma), sigma_T)
+                if sigma_hat > node.sigma:
+                    where.append(i)
+                    lam.append(-math.log(sigma_hat))
+        if where:
+            for i, node in zip(where, run.nodes_at_lam(lam)):
+                self.hat[i] = node
+
+    def step(self, run: _Run, x: Tensor, i: int) -> Tensor:
+        a, b = run.nodes[i], run.nodes[i + 1]
+        hat = self.hat[i]
+        if hat is not None:
+            # x_hat = alpha_hat (y_i + sqrt(sigma_hat^2 - sigma_i^2) S_noise z)
+            noise = math.sqrt(max(hat.sigma**2 - a.sigma**2, 0.0)) * self.S_noise
+            x = (hat.alpha / a.alpha * _Lin.of(x) + hat.alpha * noise * _Lin.of(run.randn_like(x))).eval()
+            a = hat
+        y = _Lin.of(x) / a.alpha
+        dsigma = b.sigma - a.sigma
+        d = run.eps(x, a)
+        x_e = (b.alpha * (y + dsigma * d)).eval()
+        d2 = run.eps(x_e, b)
+        return (b.alpha * (y + 0.5 * dsigma * (d + d2))).eval()
+
+
+# ---------------------------------------------------------------------- DPM-Solver (noise prediction)
+class _DPMSolverSinglestep(_Method):
+    """DPM-Solver-k, k = 1, 2, 3 (Lu et al. 2022a, eq. 3.7 and algorithms 1–2, r1 = 1/2; r1 = 1/3, r2 = 2/3).
+
+    With h = lambda_{i+1} - lambda_i and s_j the times at lambda_i + r_j h:
+      k = 1 (DDIM):  x_{i+1} = a_{i+1}/a_i x_i - std_{i+1} (e^h - 1) eps_i
+      k = 2:  u = a_s/a_i x_i - std_s (e^{r1 h} - 1) eps_i,
+              x_{i+1} = a_{i+1}/a_i x_i - std_{i+1} (e^h - 1) eps_i - std_{i+1} / (2 r1) (e^h - 1) (eps(u, s) - eps_i)
+      k = 3:  see `step`; each step costs k score evaluations.
+    """
+
+    R = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
+
+    def __init__(self, order: int):
+        self.order = order
+        self.mid: list[list[_Node]] = []
+
+    def prepare(self, run: _Run) -> None:
+        r = self.R[self.order]
+        if not r:
+            return
+        lam = [n.lam + rj * (m.lam - n.lam) for n, m in zip(run.nodes[:-1], run.nodes[1:]) for rj in r]
+        nodes = run.nodes_at_lam(lam)
+        k = len(r)
+        self.mid = [nodes[j * k : (j + 1) * k] for j in range(run.steps)]
+
+    def step(self, run: _Run, x: Tensor, i: int) -> Tensor:
+        a, b = run.nodes[i], run.nodes[i + 1]
+        h = b.lam - a.lam
+        X = _Lin.of(x)
+        e0 = run.eps(x, a)
+        x_next = b.alpha / a.alpha * X - b.std * math.expm1(h) * e0
+        if self.order == 1:
+            return x_next.eval()
+        if self.order == 2:
+            (s,) = self.mid[i]
+            r1 = self.R[2][0]
+            u = s.alpha / a.alpha * X - s.std * math.expm1(r1 * h) * e0
+            D1 = run.eps(u.eval(), s) - e0
+            return (x_next - b.std / (2 * r1) * math.expm1(h) * D1).eval()
+        s1, s2 = self.mid[i]
+        r1, r2 = self.R[3]
+        u1 = s1.alpha / a.alpha * X - s1.std * math.expm1(r1 * h) * e0
+        D1 = run.eps(u1.eval(), s1) - e0
+        phi2_r2 = math.expm1(r2 * h) / (r2 * h) - 1.0
+        u2 = s2.alpha / a.alpha * X - s2.std * math.expm1(r2 * h) * e0 - s2.std * r2 / r1 * phi2_r2 * D1
+        D2 = run.eps(u2.eval(), s2) - e0
+        return (x_next - b.std / r2 * (math.expm1(h) / h - 1.0) * D2).eval()
+
+
+class _Multistep(_Method):
+    """Multistep exponential integrators: the integrand is extrapolated from the last k evaluations.
+
+    Noise form, DPM-Solver-kM (Lu et al. 2022a, appendix; 2022b, algorithm 2's noise-prediction twin):
+        x_{i+1} = a_{i+1}/a_i x_i - std_{i+1} [phi_1 m_0 + phi_2 D_1 + phi_3 D_2],
+        phi_1 = e^h - 1, phi_2 = phi_1 / h - 1, phi_3 = phi_2 / h - 1/2  (order 2 uses phi_1 D_1 / 2);
+    data form, DPM-Solver++(kM) (Lu et al. 2022b, algorithm 2 and appendix B):
+        x_{i+1} = std_{i+1}/std_i x_i - a_{i+1} [phi_1 m_0 - phi_2 D_1 + phi_3 D_2],
+        phi_1 = e^{-h} - 1, phi_2 = phi_1 / h + 1, phi_3 = phi_2 / h - 1/2  (order 2 uses phi_1 D_1 / 2);
+    with m_j the model outputs (eps or D) at the last nodes, r_j = h_j / h the ratios of the previous steps,
+    D_1 and D_2 their divided differences. One evaluation per step; the first steps use lower orders, and
+    with lower_order_final the last steps too when there are fewer than 10 (as in Lu et al.'s code).
+    """
+
+    def __init__(self, order: int, data_prediction: bool, lower_order_final: bool):
+        self.order = order
+        self.data_prediction = data_prediction
+        self.lower_order_final = lower_order_final
+        self.history: list[tuple[_Node, Tensor]] = []
+
+    def step(self, run: _Run, x: Tensor, i: int) -> Tensor:
+        a, b = run.nodes[i], run.nodes[i + 1]
+        m0 = run.data(x, a) if self.data_prediction else run.eps(x, a)
+        self.history = (self.history + [(a, m0)])[-self.order :]
+        order = min(self.order, len(self.history))
+        if self.lower_order_final and run.steps < 10:
+            order = min(order, run.steps - i)
+        h = b.lam - a.lam
+        if self.data_prediction:
+            phi1, sign = math.expm1(-h), -1.0
+            out = b.std / a.std * _Lin.of(x) - b.alpha * phi1 * m0
+            scale = b.alpha
+        else:
+            phi1, sign = math.expm1(h), 1.0
+            out = b.alpha / a.alpha * _Lin.of(x) - b.std * phi1 * m0
+            scale = b.std
+        if order == 1:
+            return out.eval()
+        n1, m1 = self.history[-2]
+        r0 = (a.lam - n1.lam) / h
+        D1_0 = (m0 - m1) / r0
+        if order == 2:
+            return (out - 0.5 * scale * phi1 * D1_0).eval()
+        n2, m2 = self.history[-3]
+        r1 = (n1.lam - n2.lam) / h
+        D1_1 = (m1 - m2) / r1
+        # D1 ~ h m' and D2 ~ h^2 m'' (divided differences). Lu et al.'s code uses half this D2 with the same
+        # phi_3, which leaves an O(h^3) local error: a quadratic integrand is then not integrated exactly.
+        D2 = 2.0 / (r0 + r1) * (D1_0 - D1_1)
+        D1 = D1_0 + 0.5 * r0 * D2
+        phi2 = phi1 / h - sign
+        phi3 = phi2 / h - 0.5
+        return (out - sign * scale * phi2 * D1 - scale * phi3 * D2).eval()
+
+
+# ---------------------------------------------------------------------- public samplers on a fixed grid
+def _check_S(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
+    value = float(value)
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 (inf allowed), got {value}.")
+    return value
+
+
+def _check_order(order: Any, allowed: tuple[int, ...]) -> int:
+    order = check_int("order", order)
+    if order not in allowed:
+        raise ValueError(f"order must be one of {allowed}, got {order}.")
+    return order
+
+
+def heun_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_T: Tensor,
+    *,
+    steps: int,
+    grid: str | TimeGrid = "karras",
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    denoise: bool = False,
+    S_churn: float = 0.0,
+    S_tmin: float = 0.0,
+    S_tmax: float = math.inf,
+    S_noise: float = 1.0,
+) -> SampleResult:
+    """EDM's Heun sampler on the probability-flow ODE of any SDE with a Gaussian kernel (2 evaluations per step).
+
+    Karras et al. (2022), algorithms 1 (S_churn = 0, deterministic, order 2) and 2 (S_churn > 0: at each
+    sigma_i in [S_tmin, S_tmax] raise the noise to sigma_i (1 + gamma) with fresh noise, then take the Heun
+    step). sigma = std / alpha is the noise level of y = x / alpha; dy/dsigma = -std score (eq. 4 with s = alpha).
+
+    Args:
+        sde: any SDE with `kernel`, `log_snr` and `t_from_log_snr`.
+        score_fn: score(x, t), x (B, *dims), t (B,).
+        x_T: (B, *dims) the starting state at t = T.
+        steps: n, the number of intervals of the grid (nfe = 2 n, + 1 with denoise).
+        grid: a name in GRIDS or a TimeGrid; Karras (rho = 7) by default.
+        eps: the final time.
+        generator: the source of the churn noise.
+        denoise: return Tweedie's E[x0 | x_eps] (one more evaluation: EDM's last Euler step to sigma = 0).
+        S_churn, S_tmin, S_tmax, S_noise: EDM's stochasticity parameters; S_tmin and S_tmax are noise levels sigma.
+    Returns:
+        SampleResult(x at t = eps, or E[x0 | x_eps] with denoise; nfe).
+    """
+    method = _Heun(_check_S("S_churn", S_churn), _check_S("S_tmin", S_tmin), _check_S("S_tmax", S_tmax),
+                   check_real("S_noise", S_noise, nonnegative=True))
+    return _integrate(method, sde, score_fn, x_T, steps, grid, eps, generator, denoise, "heun_sample")
+
+
+def dpm_solver_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_T: Tensor,
+    *,
+    steps: int,
+    order: int = 2,
+    multistep: bool = False,
+    grid: str | TimeGrid = "log_snr",
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    denoise: bool = False,
+    lower_order_final: bool = True,
+) -> SampleResult:
+    """DPM-Solver-1/2/3 (single-step) and DPM-Solver-2M/3M (multistep) in log-SNR time, noise prediction.
+
+    Lu et al. (2022a), eq. 3.7 and algorithms 1–2: the exponential integrator of the probability-flow ODE
+    x_s = alpha_s / alpha_t x_t - alpha_s int e^{-lambda} eps_hat d lambda, lambda = log(alpha / std), with
+    eps_hat = -std score expanded to order k - 1 in lambda. Global error O(h^k). Written through
+    `sde.kernel`, so it applies to VP, sub-VP and VE (alpha = 1) alike.
+
+    Args:
+        steps: intervals of the grid; single-step order k costs k evaluations per step, multistep 1.
+        order: 1 (DDIM), 2 or 3.
+        multistep: reuse past evaluations (DPM-Solver-2M/3M) instead of intermediate ones.
+        grid: a name in GRIDS or a TimeGrid; uniform in log-SNR by default (Lu et al.'s choice for low resolution).
+        generator: unused (the solver is deterministic); accepted so that every sampler shares the signature.
+        denoise: return E[x0 | x_eps] (one more evaluation).
+        lower_order_final: multistep only: lower the order of the last steps when steps < 10.
+    Other arguments as in `heun_sample`.
+    """
+    order = _check_order(order, (1, 2, 3))
+    if not isinstance(multistep, bool) or not isinstance(lower_order_final, bool):
+        raise TypeError("multistep and lower_order_final must be bools.")
+    method: _Method = (
+        _Multistep(order, data_prediction=False, lower_order_final=lower_order_final)
+        if multistep
+        else _DPMSolverSinglestep(order)
+    )
+    return _integrate(method, sde, score_fn, x_T, steps, grid, eps, generator, denoise, "dpm_solver_sample")
+
+
+def dpm_solver_pp_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_T: Tensor,
+    *,
+    steps: int,
+    order: int = 2,
+    grid: str | TimeGrid = "log_snr",
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    denoise: bool = False,
+    lower_order_final: bool = True,
+) -> SampleResult:
+    """DPM-Solver++(kM), k = 1, 2, 3: the multistep exponential integrator with data prediction D = E[x0 | x_t].
+
+    Lu et al. (2022b), eq. 9 and algorithm 2: x_s = std_s / std_t x_t + std_s int e^{lambda} D d lambda with D
+    extrapolated linearly (2M) or quadratically (3M) from the last evaluations; one evaluation per step.
+    Arguments as in `dpm_solver_sample` (always multistep).
+    """
+    order = _check_order(order, (1, 2, 3))
+    if not isinstance(lower_order_final, bool):
+        raise TypeError(f"lower_order_final must be a bool, got {type(lower_order_final).__name__}.")
+    method = _Multistep(order, data_prediction=True, lower_order_final=lower_order_final)
+    return _integrate(method, sde, score_fn, x_T, steps, grid, eps, generator, denoise, "dpm_solver_pp_sample")
+
+
+# ---------------------------------------------------------------------- adaptive step sizes
+class _BrownianStack:
+    """Per-sample Brownian increments that stay on one path when steps are rejected (Rackauckas & Nie 2017, RSwM1).
+
+    A rejected step (h, W) is split by the Brownian bridge: the retried step h' < h gets
+    W' ~ N((h'/h) W, h'(h - h')/h I) and the rest (h - h', W - W') is pushed on the sample's stack, to be used
+    before any fresh noise. The path is then a true Brownian path whatever the accept/reject decisions, so the
+    law of the solution does not depend on the tolerance through the rejections.
+    """
+
+    def __init__(self, like: Tensor, generator: torch.Generator | None):
+        B = like.shape[0]
+        self.generator = generator
+        self.h = torch.zeros(B, 4, dtype=torch.float64, device=like.device)
+        self.W = torch.zeros(B, 4, *like.shape[1:], dtype=like.dtype, device=like.device)
+        self.depth = torch.zeros(B, dtype=torch.long, device=like.device)
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+
+    def split(self, mask: Tensor, h: Tensor, W: Tensor, h_new: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:
+        """For samples in mask, cut (h, W) at h_new < h: return the first part and push the rest."""
+        frac = batch_view(h_new / h, W)
+        W_new = frac * W + batch_view(torch.sqrt(h_new * (h - h_new) / h), W) * xi
+        idx = mask.nonzero().squeeze(1)
+        if idx.numel():
+            if int(self.depth.max()) + 1 > self.h.shape[1]:  # grow the stacks
+                self.h = torch.cat([self.h, torch.zeros_like(self.h)], 1)
+                self.W = torch.cat([self.W, torch.zeros_like(self.W)], 1)
+            d = self.depth[idx]
+            self.h[idx, d] = (h - h_new)[idx]
+            self.W[idx, d] = (W - W_new)[idx]
+            self.depth[idx] += 1
+        m = batch_view(mask, W).bool()
+        return torch.where(mask, h_new, h), torch.where(m, W_new, W)
+
+    def pop(self, mask: Tensor, h: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
+        """For samples in mask (with a non-empty stack), replace (h, W) by the top of their stack."""
+        idx = mask.nonzero().squeeze(1)
+        if idx.numel():
+            d = self.depth[idx] - 1
+            h, W = h.clone(), W.clone()
+            h[idx] = self.h[idx, d]
+            W[idx] = self.W[idx, d]
+            self.depth[idx] = d
+        return h, W
+
+
+def adaptive_sde_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_T: Tensor,
+    *,
+    rtol: float = 0.05,
+    atol: float = 0.0078,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    denoise: bool = False,
+    h_init: float = 0.01,
+    safety: float = 0.9,
+    exponent: float = 0.9,
+    redraw_rejected: bool = False,
+    max_evals: int = 100_000,
+) -> SampleResult:
+    """Adaptive-step reverse-SDE solver of Jolicoeur-Martineau et al. (2021), 'Gotta go fast', algorithm 1.
+
+    Reverse drift b(x, t) = f(x, t) - g(t)^2 score(x, t). Per sample, with its own t, step h and Brownian
+    increment W over [t - h, t]:
+        x'  = x - h b(x, t) + g(t) W                                       (Euler–Maruyama)
+        x~  = x - h b(x', t - h) + g(t - h) W,   x'' = (x' + x~) / 2        (improved Euler)
+        delta = max(atol, rtol max(|x'|, |x'_prev|)),    E = ||(x' - x'') / delta||_2 / sqrt(D)
+    accept if E <= 1 (keeping the higher-order x'': extrapolation); the next step is
+    h <- min(t - eps, safety h E^{-exponent}). Two score evaluations per iteration on the whole batch
+    (samples already at eps are evaluated but frozen).
+
+    The published algorithm draws a fresh W after a rejection (redraw_rejected=True). That selects the
+    increments by their size, and since delta grows with |x'| the accepted moves lean outwards: the law is
+    biased, more so as the tolerance tightens (docs/theory/fast_samplers.md shows the measurement). By default
+    the retry takes W from the Brownian bridge of the rejected increment (`_BrownianStack`), which keeps one
+    Brownian path and removes the bias.
+
+    Args:
+        rtol, atol: the mixed tolerance (atol in the units of the data: 0.0078 is 2/256 for images in [-1, 1]).
+        h_init: the first step size; safety, exponent: the step-size controller.
+        redraw_rejected: reproduce the published noise redraw (biased) instead of the Brownian bridge.
+        max_evals: raise instead of running past this many score evaluations.
+    Other arguments as in `heun_sample`.
+    """
+    x, _, eps, generator = _check_common(sde, x_T, 1, eps, generator, denoise)
+    rtol = check_real("rtol", rtol, positive=True)
+    atol = check_real("atol", atol, positive=True)
+    h_init = check_real("h_init", h_init, positive=True)
+    safety = check_real("safety", safety, positive=True)
+    exponent = check_real("exponent", exponent, positive=True)
+    if not isinstance(redraw_rejected, bool):
+        raise TypeError(f"redraw_rejected must be a bool, got {type(redraw_rejected).__name__}.")
+    max_evals = check_int("max_evals", max_evals, minimum=2)
+    score = CheckedScore(score_fn)
+    B, D = x.shape[0], x[0].numel()
+    f64 = dict(dtype=torch.float64, device=x.device)
+    brownian = _BrownianStack(x, generator)
+    t = torch.full((B,), sde.T, **f64)
+    h = torch.full((B,), min(h_init, sde.T - eps), **f64)
+    W = batch_view(torch.sqrt(h), x) * brownian.randn_like(x)
+    x_prev = x
+    iterations = 0
+
+    def drift(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        g = sde.g(t)
+        s = score(x, t.to(x.dtype))
+        return sde.f(x, t) - batch_view(g * g, x) * s, g
+
+    while True:
+        active = t > eps
+        if not bool(active.any()):
+            break
+        if score.nfe + 2 > max_evals:
+            raise RuntimeError(
+                f"adaptive_sde_sample: {score.nfe} score evaluations without reaching eps={eps} (largest t = "
+                f"{float(t.max()):.4g}); loosen rtol/atol or raise max_evals."
+            )
+        iterations += 1
+        # Samples already at eps are evaluated with them (one batched call) but take no step.
+        h = torch.where(active, h, torch.zeros_like(h))
+        W = torch.where(batch_view(active, x).bool(), W, torch.zeros_like(W))
+        hb = batch_view(h, x)
+        b1, g1 = drift(x, t)
+        x1 = x - hb * b1 + batch_view(g1, x) * W
+        b2, g2 = drift(x1, t - h)
+        x2 = 0.5 * (x1 + x - hb * b2 + batch_view(g2, x) * W)
+        delta = torch.clamp(rtol * torch.maximum(x1.abs(), x_prev.abs()), min=atol)
+        E = ((x1 - x2) / delta).flatten(1).pow(2).sum(1).div(D).sqrt().to(torch.float64)
+        if not bool(torch.isfinite(E[active]).all()):
+            score.raise_if_nonfinite(x2, "adaptive_sde_sample", lambda k, _t: k // 2)
+            raise NonFiniteError(f"adaptive_sde_sample: the error estimate is non-finite at iteration {iterations}.")
+        accept = active & (E <= 1.0)
+        reject = active & ~accept
+        a = batch_view(accept, x).bool()
+        x = torch.where(a, x2, x)
+        x_prev = torch.where(a, x1, x_prev)
+        t = torch.where(accept, t - h, t)
+        t = torch.where(t - eps < 1e-12, torch.full_like(t, eps), t)  # land exactly on eps
+        h_ctrl = safety * h * E.clamp(min=1e-10).pow(-exponent)
+        xi = brownian.randn_like(x)
+        # Rejected: retry on [t - h', t] with h' < h.
+        h_retry = torch.minimum(h_ctrl, 0.99 * h)
+        if redraw_rejected:
+            h = torch.where(reject, h_retry, h)
+            W = torch.where(batch_view(reject, x).bool(), batch_view(torch.sqrt(h), x) * xi, W)
+        else:
+            h, W = brownian.split(reject, h, W, h_retry, xi)
+        # Accepted and not done: the next interval comes from the stack if there is one, else it is fresh.
+        going = accept & (t > eps)
+        stacked = going & (brownian.depth > 0)
+        fresh = going & ~stacked
+        h_next = torch.minimum(h_ctrl, (t - eps).clamp(min=0.0))
+        h_pop, W_pop = brownian.pop(stacked, h, W)
+        cut = stacked & (h_next < h_pop)
+        h_pop, W_pop = brownian.split(cut, h_pop, W_pop, torch.where(cut, h_next, h_pop), xi)
+        h = torch.where(stacked, h_pop, torch.where(fresh, h_next, h))
+        W_fresh = batch_view(torch.sqrt(h), x) * xi
+        W = torch.where(batch_view(stacked, x).bool(), W_pop, torch.where(batch_view(fresh, x).bool(), W_fresh, W))
+    if denoise:
+        node_t = torch.full((B,), eps, **f64)
+        alpha, std = sde.kernel(node_t)
+        s = score(x, node_t.to(x.dtype))
+        x = (x + batch_view(std * std, x) * s) / batch_view(alpha, x)
+    score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
+    return SampleResult(x=x, nfe=score.nfe)
+
+
+def adaptive_ode_sample(
+    sde: SDE,
+    score_fn: ScoreFn,
+    x_T: Tensor,
+    *,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: str = "dopri5",
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+    denoise: bool = False,
+) -> SampleResult:
+    """The probability-flow ODE integrated by torchdiffeq's adaptive `method` (Dormand–Prince by default).
+
+    `sde.probability_flow(score_fn).sample` with this module's signature; denoise adds Tweedie's E[x0 | x_eps].
+    `generator` is unused (deterministic) and accepted for the shared signature.
+    """
+    x, _, eps, generator = _check_common(sde, x_T, 1, eps, generator, denoise)
+    out = sde.probability_flow(score_fn).sample(x, method=method, rtol=rtol, atol=atol, eps=eps)
+    if not denoise:
+        return out
+    score = CheckedScore(score_fn)
+    t = torch.full((x.shape[0],), eps, dtype=torch.float64, device=x.device)
+    alpha, std = sde.kernel(t)
+    xe = (out.x + batch_view(std * std, out.x) * score(out.x, t.to(x.dtype))) / batch_view(alpha, out.x)
+    score.raise_if_nonfinite(xe, "adaptive_ode_sample", lambda k, _t: 0)
+    return SampleResult(x=xe, nfe=out.nfe + 1)
+
+
+# ---------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class FixedStepSampler:
+    """A fixed-grid sampler with its options: `sampler(sde, score_fn, x_T, steps=..., **more)`.
+
+    evals_per_step: score evaluations per step (nfe = steps * evals_per_step, + 1 with denoise);
+    stochastic: whether it draws noise (compare it in law, not path by path).
+    """
+
+    fn: Callable[..., SampleResult]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    evals_per_step: int = 1
+    stochastic: bool = False
+
+    def __call__(self, sde: SDE, score_fn: ScoreFn, x_T: Tensor, **kwargs: Any) -> SampleResult:
+        return self.fn(sde, score_fn, x_T, **{**self.options, **kwargs})
+
+    def steps_for(self, nfe: int, *, denoise: bool = False) -> int:
+        """The most steps whose evaluations fit in a budget of nfe."""
+        nfe = check_int("nfe", nfe, minimum=1)
+        steps = (nfe - int(denoise)) // self.evals_per_step
+        if steps < 1:
+            raise ValueError(f"a budget of nfe={nfe} is below one step ({self.evals_per_step} evaluations).")
+        return steps
+
+
+@dataclass(frozen=True)
+class AdaptiveSampler:
+    """An adaptive sampler with its options: `sampler(sde, score_fn, x_T, rtol=..., atol=..., **more)`; nfe follows the tolerance."""
+
+    fn: Callable[..., SampleResult]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    stochastic: bool = False
+
+    def __call__(self, sde: SDE, score_fn: ScoreFn, x_T: Tensor, **kwargs: Any) -> SampleResult:
+        return self.fn(sde, score_fn, x_T, **{**self.options, **kwargs})
+
+
+FAST_SAMPLERS: dict[str, FixedStepSampler | AdaptiveSampler] = {
+    "heun": FixedStepSampler(heun_sample, {}, 2),
+    "heun_churn": FixedStepSampler(heun_sample, {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0}, 2, True),
+    "dpm_solver_1": FixedStepSampler(dpm_solver_sample, {"order": 1}, 1),
+    "dpm_solver_2": FixedStepSampler(dpm_solver_sample, {"order": 2}, 2),
+    "dpm_solver_3": FixedStepSampler(dpm_solver_sample, {"order": 3}, 3),
+    "dpm_solver_2m": FixedStepSampler(dpm_solver_sample, {"order": 2, "multistep": True}, 1),
+    "dpm_solver_3m": FixedStepSampler(dpm_solver_sample, {"order": 3, "multistep": True}, 1),
+    "dpm_solver_pp_2m": FixedStepSampler(dpm_solver_pp_sample, {"order": 2}, 1),
+    "dpm_solver_pp_3m": FixedStepSampler(dpm_solver_pp_sample, {"order": 3}, 1),
+    "adaptive_sde": AdaptiveSampler(adaptive_sde_sample, {}, True),
+    "adaptive_ode": AdaptiveSampler(adaptive_ode_sample, {}),
+}
+

@@ -1,0 +1,154 @@
+"""Time grids for the fixed-step samplers: T = t_0 > t_1 > ... > t_n = eps, in float64.
+
+A grid is an object, callable as `grid(sde, steps, eps) -> Tensor (steps + 1,)`. The spacings that matter
+for score-based samplers are not uniform in t: the error of a step grows with the change of log-SNR it
+spans, so good grids are dense where the log-SNR moves fast (near t = eps). Each grid here places its
+nodes by one function of time and maps them back to t through the SDE (`sde.kernel`, `sde.log_snr`,
+`sde.t_from_log_snr`), so it works for any SDE that answers those.
+
+Notation: lambda(t) = log(alpha(t)^2 / std(t)^2) is the SDE's log-SNR, sigma(t) = std(t) / alpha(t) =
+exp(-lambda / 2) the noise level of the scaled state x / alpha (Karras et al. 2022, section 4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from ._checks import check_choice, check_eps, check_int, check_real
+from .sde import SDE
+
+__all__ = ["TimeGrid", "UniformGrid", "QuadraticGrid", "KarrasGrid", "LogSNRGrid", "GRIDS", "time_grid"]
+
+
+class TimeGrid(Protocol):
+    """A rule placing steps + 1 nodes from T down to eps: `grid(sde, steps, eps)` -> float64 tensor (steps + 1,)."""
+
+    def __call__(self, sde: SDE, steps: int, eps: float) -> Tensor: ...
+
+
+def _log_snr_at(sde: SDE, t: float) -> float:
+    return float(sde.log_snr(torch.tensor([t], dtype=torch.float64)))
+
+
+def _from_log_snr(sde: SDE, log_snr: Tensor, eps: float) -> Tensor:
+    """Map log-SNR nodes back to time, pinning the end points exactly (the inverse is exact only to rounding)."""
+    t = sde.t_from_log_snr(log_snr).to(torch.float64)
+    t[0], t[-1] = sde.T, eps
+    return t
+
+
+class UniformGrid:
+    """t_i = T + i (eps - T) / n: uniform in time (Song et al. 2021, the default of score_sde)."""
+
+    def __repr__(self) -> str:
+        return "UniformGrid()"
+
+    def __call__(self, sde: SDE, steps: int, eps: float) -> Tensor:
+        t = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
+        t[-1] = eps
+        return t
+
+
+class QuadraticGrid:
+    """t_i = (sqrt(T) + i (sqrt(eps) - sqrt(T)) / n)^2: uniform in sqrt(t), dense near eps.
+
+    The 'time_quadratic' grid of Lu et al. (2022a), section 3.4 (and DDIM's quadratic skip, Song et al. 2021a).
+    """
+
+    def __repr__(self) -> str:
+        return "QuadraticGrid()"
+
+    def __call__(self, sde: SDE, steps: int, eps: float) -> Tensor:
+        r = torch.linspace(math.sqrt(sde.T), math.sqrt(eps), steps + 1, dtype=torch.float64)
+        t = r * r
+        t[0], t[-1] = sde.T, eps
+        return t
+
+
+class KarrasGrid:
+    """sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, then t_i = t(sigma_i).
+
+    Karras et al. (2022), eq. 5 with rho = 7, written in the noise level sigma = std / alpha of any SDE with
+    sigma_max = sigma(T), sigma_min = sigma(eps); t is recovered through lambda = -2 log sigma. Larger rho
+    concentrates the steps near sigma_min; rho = 1 is uniform in sigma, rho -> inf uniform in log sigma.
+    """
+
+    def __init__(self, rho: float = 7.0):
+        self.rho = check_real("rho", rho, positive=True)
+
+    def __repr__(self) -> str:
+        return f"KarrasGrid(rho={self.rho})"
+
+    def __call__(self, sde: SDE, steps: int, eps: float) -> Tensor:
+        # log sigma = -lambda / 2; interpolate sigma^(1/rho) between its end values.
+        log_sig_max = -0.5 * _log_snr_at(sde, sde.T)
+        log_sig_min = -0.5 * _log_snr_at(sde, eps)
+        a = math.exp(log_sig_max / self.rho)
+        b = math.exp(log_sig_min / self.rho)
+        ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+        log_sigma = self.rho * torch.log(a + ramp * (b - a))
+        return _from_log_snr(sde, -2.0 * log_sigma, eps)
+
+
+class LogSNRGrid:
+    """lambda_i = lambda(T) + i/n (lambda(eps) - lambda(T)), then t_i = t(lambda_i): uniform in log-SNR.
+
+    The 'logSNR' grid of Lu et al. (2022a), section 3.4: every step of an exponential integrator then spans
+    the same h = lambda_{i+1} - lambda_i, the variable in which its local error is O(h^{k+1}).
+    """
+
+    def __repr__(self) -> str:
+        return "LogSNRGrid()"
+
+    def __call__(self, sde: SDE, steps: int, eps: float) -> Tensor:
+        lam = torch.linspace(_log_snr_at(sde, sde.T), _log_snr_at(sde, eps), steps + 1, dtype=torch.float64)
+        return _from_log_snr(sde, lam, eps)
+
+
+GRIDS: dict[str, TimeGrid] = {
+    "uniform": UniformGrid(),
+    "quadratic": QuadraticGrid(),
+    "karras": KarrasGrid(),
+    "log_snr": LogSNRGrid(),
+}
+
+
+def time_grid(sde: SDE, steps: int, grid: str | TimeGrid = "karras", eps: float = 1e-3) -> Tensor:
+    """The descending float64 grid T = t_0 > ... > t_steps = eps of a named rule (GRIDS) or a TimeGrid object.
+
+    Args:
+        sde: the SDE, whose log-SNR places the Karras and log-SNR grids.
+        steps: n >= 1, the number of intervals.
+        grid: a name in GRIDS ('uniform', 'quadratic', 'karras', 'log_snr') or a callable grid(sde, steps, eps).
+        eps: the final time, in (0, T).
+    Returns:
+        a float64 tensor of shape (steps + 1,), strictly decreasing, from T to eps.
+    """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
+    steps = check_int("steps", steps, minimum=1)
+    eps = check_eps(eps, sde.T)
+    rule = check_choice("grid", grid, GRIDS)
+    if not callable(rule):
+        raise TypeError(f"grid must be a name in {sorted(GRIDS)} or a callable grid(sde, steps, eps), got {type(grid).__name__}.")
+    return check_grid(rule(sde, steps, eps), sde, steps, eps, name=repr(rule))
+
+
+def check_grid(t: object, sde: SDE, steps: int, eps: float, *, name: str = "grid") -> Tensor:
+    """A float64 (steps + 1,) tensor, strictly decreasing from T to eps; what a user's grid must return."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor of shape ({steps + 1},), got {type(t).__name__}.")
+    if t.shape != (steps + 1,):
+        raise ValueError(f"{name} must return shape ({steps + 1},) for steps={steps}, got shape {tuple(t.shape)}.")
+    t = t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} returned non-finite times.")
+    if abs(float(t[0]) - sde.T) > 1e-12 or abs(float(t[-1]) - eps) > 1e-12:
+        raise ValueError(f"{name} must run from T={sde.T} to eps={eps}, got {float(t[0])} to {float(t[-1])}.")
+    if steps > 0 and not bool((t[1:] < t[:-1]).all()):
+        raise ValueError(f"{name} must be strictly decreasing; too many steps for float64, or a wrong rule.")
+    return t

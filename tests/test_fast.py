@@ -1,0 +1,366 @@
+"""Fast samplers against closed forms: convergence orders on the exact Gaussian flow, exactness of the
+exponential integrators on polynomial integrands, honest nfe, laws of the stochastic samplers, input checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sdescore as sds
+from sdescore._score import CheckedScore, NonFiniteError
+from sdescore.fast import (
+    FAST_SAMPLERS,
+    FixedStepSampler,
+    _Multistep,
+    _Run,
+    adaptive_ode_sample,
+    adaptive_sde_sample,
+    dpm_solver_pp_sample,
+    dpm_solver_sample,
+    heun_sample,
+)
+from sdescore.sde import SDE, batch_view
+from validation import ring, single_gaussian
+from validation.stats import sliced_ks_test
+
+LEVEL = 0.01  # null level of every statistical test here: each fails by chance with probability <= 1%
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Small tensors: a second intra-op thread only adds synchronisation (on a busy machine, milliseconds per op).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _gaussian():
+    """A 3-D Gaussian with a rotated covariance of eigenvalues 0.05, 1 and 4: stiff and anisotropic."""
+    Q, _ = torch.linalg.qr(torch.tensor([[1.0, 0.4, -0.3], [0.2, 1.0, 0.5], [-0.6, 0.1, 1.0]], dtype=torch.float64))
+    cov = Q @ torch.diag(torch.tensor([0.05, 1.0, 4.0], dtype=torch.float64)) @ Q.T
+    return single_gaussian([1.0, -0.5, 2.0], 0.5 * (cov + cov.T))
+
+
+class EDMSDE(SDE):
+    """A user's own SDE, written without sdescore's help: x_t = x0 + t sigma_max z (Karras et al. 2022, sigma(t) = t).
+
+    Neither VE (sigma is linear, not geometric) nor VP; the published DPM-Solvers do not cover it.
+    """
+
+    def __init__(self, sigma_max: float = 80.0):
+        super().__init__()
+        self.sigma_max = sigma_max
+
+    def f(self, x, t):
+        return torch.zeros_like(x)
+
+    def g(self, t):
+        return self.sigma_max * torch.sqrt(2.0 * t)
+
+    def kernel(self, t):
+        return torch.ones_like(t), self.sigma_max * t
+
+    def t_from_log_snr(self, log_snr):
+        return torch.exp(-0.5 * log_snr) / self.sigma_max
+
+
+SDE_CASES = {
+    "VE": (lambda: sds.VESDE(0.01, 50.0), 1e-3),
+    "VP": (lambda: sds.VPSDE(), 1e-3),
+    "subVP": (lambda: sds.SubVPSDE(), 1e-3),
+    "EDM": (lambda: EDMSDE(), 2.5e-5),
+}
+
+# (sampler, options, theoretical global order)
+ORDER_CASES = {
+    "heun": (heun_sample, {}, 2),
+    "heun_log_snr_grid": (heun_sample, {"grid": "log_snr"}, 2),
+    "dpm_solver_1": (dpm_solver_sample, {"order": 1}, 1),
+    "dpm_solver_2": (dpm_solver_sample, {"order": 2}, 2),
+    "dpm_solver_3": (dpm_solver_sample, {"order": 3}, 3),
+    "dpm_solver_2m": (dpm_solver_sample, {"order": 2, "multistep": True}, 2),
+    "dpm_solver_pp_2m": (dpm_solver_pp_sample, {"order": 2}, 2),
+}
+
+
+def _fitted_order(errors, steps) -> float:
+    return -float(np.polyfit(np.log(steps), np.log(errors), 1)[0])
+
+
+def _rms(x, y) -> float:
+    return float((x - y).flatten(1).norm(dim=1).pow(2).mean().sqrt())
+
+
+@pytest.mark.parametrize("sde_name", list(SDE_CASES))
+@pytest.mark.parametrize("case", list(ORDER_CASES))
+def test_error_against_the_exact_gaussian_flow_decreases_at_the_theoretical_order(sde_name, case):
+    """log error vs log steps has slope -order (within 0.25) against the closed-form probability-flow ODE solution."""
+    make, eps = SDE_CASES[sde_name]
+    sde = make()
+    fn, options, order = ORDER_CASES[case]
+    target = _gaussian()
+    dm = target.diffuse(sde)
+    x_T = dm.sample(64, sde.T, torch.Generator().manual_seed(0))
+    exact = target.ode_solution(sde, x_T, sde.T, eps)
+    steps = [32, 64, 128, 256]
+    errors = [_rms(fn(sde, dm, x_T, steps=n, eps=eps, **options).x, exact) for n in steps]
+    assert abs(_fitted_order(errors, steps) - order) < 0.25, errors
+
+
+def _exact_history_step(sde, method, score_fn, exact_at, ts, x0):
+    """Run the multistep method over ts with the exact state fed in at every node; return the last step's error."""
+    run = _Run(sde, CheckedScore(score_fn), ts, x0, None)
+    method.prepare(run)
+    for i in range(len(ts) - 1):
+        out = method.step(run, exact_at(float(ts[i])), i)
+    return out - exact_at(float(ts[-1]))
+
+
+@pytest.mark.parametrize("data_prediction", [False, True], ids=["dpm_solver", "dpm_solver_pp"])
+@pytest.mark.parametrize("order", [2, 3])
+def test_multistep_step_has_local_error_of_order_k_plus_one_given_the_exact_history(sde, order, data_prediction):
+    """One k-th order multistep step from exact past states errs by O(h^(k+1)) (uniform log-SNR spacing h)."""
+    target = _gaussian()
+    dm = target.diffuse(sde)
+    t0 = 0.5
+    x0 = dm.sample(32, t0, torch.Generator().manual_seed(1))
+    lam0 = 0.5 * float(sde.log_snr(torch.tensor([t0], dtype=torch.float64)))
+    hs = [0.1, 0.05, 0.025, 0.0125]
+    errors = []
+    for h in hs:
+        lam = torch.tensor([lam0 + k * h for k in range(order + 1)], dtype=torch.float64)
+        ts = sde.t_from_log_snr(2.0 * lam)
+        ts[0] = t0
+        method = _Multistep(order, data_prediction, lower_order_final=False)
+        err = _exact_history_step(sde, method, dm, lambda t: target.ode_solution(sde, x0, t0, t), ts, x0)
+        errors.append(float(err.norm(dim=1).mean()))
+    assert abs(-_fitted_order(errors, hs) - (order + 1)) < 0.35, errors
+
+
+@pytest.mark.parametrize("data_prediction", [False, True], ids=["noise_form", "data_form"])
+def test_third_order_multistep_integrates_a_quadratic_in_log_snr_exactly(sde, data_prediction):
+    """If eps_hat (or D) is a quadratic polynomial of lambda, one 3M step from exact history is exact.
+
+    x_s = alpha_s/alpha_t x_t - alpha_s int e^{-lambda} eps_hat d lambda (noise form), and the data-form twin: the
+    exponential integrator with the quadratic interpolant of three values reproduces the integral exactly. This
+    pins the weight of the second divided difference (a factor 2 away from the one in Lu et al.'s code).
+    """
+    c = (0.3, -0.7, 0.25)
+    p = lambda lam: c[0] + c[1] * lam + c[2] * lam**2  # noqa: E731
+
+    def score(x, t):
+        alpha, std = sde.kernel(t.to(torch.float64))
+        value = p(torch.log(alpha / std))
+        if data_prediction:  # D = p(lambda): score = (alpha D - x) / std^2
+            return (batch_view(alpha * value, x) - x) / batch_view(std * std, x)
+        return batch_view(-value / std, x).expand_as(x).clone()  # eps_hat = -std score = p(lambda)
+
+    def exact(x_from, t_from, t_to):
+        lam_a, lam_b = (0.5 * float(sde.log_snr(torch.tensor([s], dtype=torch.float64))) for s in (t_from, t_to))
+        ka, kb = (sde.kernel(torch.tensor([s], dtype=torch.float64)) for s in (t_from, t_to))
+        sign = 1.0 if data_prediction else -1.0
+        # int e^{sign lam} p(lam) d lam in closed form: repeated integration by parts.
+        def F(lam):
+            e = math.exp(sign * lam)
+            return e * (sign * p(lam) - (c[1] + 2 * c[2] * lam) + sign * 2 * c[2]) if sign > 0 else -e * (
+                p(lam) + (c[1] + 2 * c[2] * lam) + 2 * c[2]
+            )
+        integral = F(lam_b) - F(lam_a)
+        if data_prediction:
+            return float(kb[1] / ka[1]) * x_from + float(kb[1]) * integral
+        return float(kb[0] / ka[0]) * x_from - float(kb[0]) * integral
+
+    x0 = torch.tensor([[0.5]], dtype=torch.float64)
+    ts = torch.tensor([0.9, 0.7, 0.45, 0.3], dtype=torch.float64)
+    method = _Multistep(3, data_prediction, lower_order_final=False)
+    err = _exact_history_step(sde, method, score, lambda t: exact(x0, 0.9, t), ts, x0)
+    scale = float(exact(x0, 0.9, 0.3).abs())
+    assert float(err.abs()) < 1e-10 * max(scale, 1.0)
+
+
+def test_float32_state_gives_the_float64_result_to_float32_accuracy():
+    sde, target = sds.VPSDE(), _gaussian()
+    dm64 = target.diffuse(sde)
+    dm32 = target.to(torch.float32).diffuse(sde)
+    x_T = dm64.sample(128, sde.T, torch.Generator().manual_seed(0))
+    for name, sampler in FAST_SAMPLERS.items():
+        if not isinstance(sampler, FixedStepSampler) or sampler.stochastic:
+            continue
+        r64 = sampler(sde, dm64, x_T, steps=12)
+        r32 = sampler(sde, dm32, x_T.float(), steps=12)
+        assert r32.x.dtype == torch.float32, name
+        assert _rms(r32.x.double(), r64.x) < 1e-4 * _rms(r64.x, 0 * r64.x), name
+
+
+class _Counter:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+@pytest.mark.parametrize("name", [n for n, s in FAST_SAMPLERS.items() if isinstance(s, FixedStepSampler)])
+@pytest.mark.parametrize("denoise", [False, True])
+def test_nfe_is_the_number_of_score_calls_and_matches_the_budget_rule(name, denoise):
+    sde = sds.VESDE(0.01, 50.0)
+    dm = ring().diffuse(sde)
+    sampler = FAST_SAMPLERS[name]
+    score = _Counter(dm)
+    steps = sampler.steps_for(35, denoise=denoise)
+    out = sampler(sde, score, dm.sample(16, 1.0), steps=steps, generator=torch.Generator().manual_seed(0), denoise=denoise)
+    assert out.nfe == score.calls == steps * sampler.evals_per_step + int(denoise)
+    assert out.nfe <= 35
+
+
+def test_denoise_returns_tweedies_posterior_mean_at_eps(sde):
+    target = _gaussian()
+    dm = target.diffuse(sde)
+    x_T = dm.sample(32, sde.T, torch.Generator().manual_seed(0))
+    for fn in (heun_sample, dpm_solver_sample, dpm_solver_pp_sample):
+        plain = fn(sde, dm, x_T, steps=10)
+        clean = fn(sde, dm, x_T, steps=10, denoise=True)
+        torch.testing.assert_close(clean.x, dm.denoiser(plain.x, 1e-3), rtol=1e-10, atol=1e-10)
+        assert clean.nfe == plain.nfe + 1
+
+
+def test_adaptive_ode_matches_the_exact_flow_at_tight_tolerance(sde):
+    target = _gaussian()
+    dm = target.diffuse(sde)
+    x_T = dm.sample(32, sde.T, torch.Generator().manual_seed(0))
+    out = adaptive_ode_sample(sde, dm, x_T, rtol=1e-9, atol=1e-9)
+    assert _rms(out.x, target.ode_solution(sde, x_T, sde.T, 1e-3)) < 1e-6
+    loose = adaptive_ode_sample(sde, dm, x_T, rtol=1e-3, atol=1e-3)
+    assert loose.nfe < out.nfe
+
+
+# ---------------------------------------------------------------------- stochastic samplers: their law
+STOCHASTIC = {
+    "heun_churn": lambda sde, dm, x, g, eps: FAST_SAMPLERS["heun_churn"](sde, dm, x, steps=150, eps=eps, generator=g),
+    "adaptive_sde": lambda sde, dm, x, g, eps: adaptive_sde_sample(sde, dm, x, rtol=0.05, eps=eps, generator=g),
+}
+
+
+@pytest.mark.parametrize("sde_name", ["VE", "VP"])
+@pytest.mark.parametrize("name", list(STOCHASTIC))
+def test_stochastic_sampler_draws_the_law_at_eps_of_the_ring(sde_name, name):
+    """Sliced KS test of the samples against the exact law p_eps (a one-sample test with an exact null), level 1%."""
+    make, eps = SDE_CASES[sde_name]
+    sde = make()
+    target = ring()
+    dm = target.diffuse(sde)
+    g = torch.Generator().manual_seed(2)
+    x_T = dm.sample(2000, sde.T, g)
+    out = STOCHASTIC[name](sde, dm, x_T, g, eps)
+    result = sliced_ks_test(out.x, dm.marginal(eps), generator=torch.Generator().manual_seed(3))
+    assert result.passed(LEVEL), result
+
+
+@pytest.mark.parametrize("sde_name", ["VE", "VP"])
+def test_redrawing_rejected_noise_biases_the_adaptive_solver_and_the_brownian_bridge_does_not(sde_name):
+    """For N(0, I) data the law at eps is N(0, (alpha^2 + std^2) I). With the published redraw the accepted
+    increments are selected by size and the variance is off by far more than its sampling error; with the bridge
+    the same test passes at level 1%. (Also shows that the test has the power to fail.)"""
+    make, eps = SDE_CASES[sde_name]
+    sde = make()
+    target = single_gaussian([0.0, 0.0], [1.0, 1.0])
+    dm = target.diffuse(sde)
+    g = torch.Generator().manual_seed(4)
+    x_T = dm.sample(3000, sde.T, g)
+    law = dm.marginal(eps)
+    biased = adaptive_sde_sample(sde, dm, x_T, rtol=0.02, eps=eps, generator=g, redraw_rejected=True)
+    bridged = adaptive_sde_sample(sde, dm, x_T, rtol=0.02, eps=eps, generator=g)
+    assert not sliced_ks_test(biased.x, law, generator=torch.Generator().manual_seed(5)).passed(LEVEL)
+    assert sliced_ks_test(bridged.x, law, generator=torch.Generator().manual_seed(5)).passed(LEVEL)
+
+
+def test_stochastic_samplers_are_reproducible_from_the_generator():
+    sde = sds.VPSDE()
+    dm = ring().diffuse(sde)
+    x_T = dm.sample(64, 1.0, torch.Generator().manual_seed(0))
+    for name in STOCHASTIC:
+        a = STOCHASTIC[name](sde, dm, x_T, torch.Generator().manual_seed(7), 1e-3)
+        b = STOCHASTIC[name](sde, dm, x_T, torch.Generator().manual_seed(7), 1e-3)
+        c = STOCHASTIC[name](sde, dm, x_T, torch.Generator().manual_seed(8), 1e-3)
+        assert torch.equal(a.x, b.x) and a.nfe == b.nfe
+        assert not torch.equal(a.x, c.x)
+
+
+def test_churn_off_is_the_deterministic_sampler_and_churn_on_is_not():
+    sde = sds.VESDE(0.01, 50.0)
+    dm = ring().diffuse(sde)
+    x_T = dm.sample(64, 1.0, torch.Generator().manual_seed(0))
+    plain = heun_sample(sde, dm, x_T, steps=8)
+    zero = heun_sample(sde, dm, x_T, steps=8, S_churn=0.0, generator=torch.Generator().manual_seed(1))
+    churned = heun_sample(sde, dm, x_T, steps=8, S_churn=5.0, generator=torch.Generator().manual_seed(1))
+    outside = heun_sample(sde, dm, x_T, steps=8, S_churn=5.0, S_tmin=1e3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain.x, zero.x) and torch.equal(plain.x, outside.x)
+    assert not torch.equal(plain.x, churned.x) and churned.nfe == plain.nfe
+
+
+# ---------------------------------------------------------------------- failures and input checks
+def test_a_non_finite_score_is_reported_with_its_step():
+    sde = sds.VPSDE()
+    dm = ring().diffuse(sde)
+
+    def broken(x, t):
+        s = dm(x, t)
+        return torch.where(t[:, None] < 0.3, torch.full_like(s, float("nan")), s)
+
+    x_T = dm.sample(8, 1.0)
+    with pytest.raises(NonFiniteError, match="step"):
+        heun_sample(sde, broken, x_T, steps=10)
+    with pytest.raises(NonFiniteError, match="step"):
+        dpm_solver_pp_sample(sde, broken, x_T, steps=10)
+    with pytest.raises(NonFiniteError):
+        adaptive_sde_sample(sde, broken, x_T)
+
+
+def test_adaptive_sde_stops_at_max_evals():
+    sde = sds.VPSDE()
+    dm = ring().diffuse(sde)
+    with pytest.raises(RuntimeError, match="max_evals"):
+        adaptive_sde_sample(sde, dm, dm.sample(8, 1.0), rtol=1e-4, atol=1e-6, max_evals=20)
+
+
+@pytest.mark.parametrize(
+    "fn, kwargs, error, match",
+    [
+        (heun_sample, {"steps": 0}, ValueError, "steps"),
+        (heun_sample, {"steps": 3.0}, TypeError, "steps"),
+        (heun_sample, {"steps": 3, "grid": "linear"}, ValueError, "grid"),
+        (heun_sample, {"steps": 3, "S_churn": -1.0}, ValueError, "S_churn"),
+        (heun_sample, {"steps": 3, "S_noise": float("nan")}, ValueError, "S_noise"),
+        (heun_sample, {"steps": 3, "denoise": 1}, TypeError, "denoise"),
+        (heun_sample, {"steps": 3, "eps": 2.0}, ValueError, "eps"),
+        (heun_sample, {"steps": 3, "generator": 0}, TypeError, "generator"),
+        (heun_sample, {"steps": 3, "order": 2}, TypeError, "order"),
+        (dpm_solver_sample, {"steps": 3, "order": 4}, ValueError, "order"),
+        (dpm_solver_sample, {"steps": 3, "multistep": "yes"}, TypeError, "multistep"),
+        (dpm_solver_pp_sample, {"steps": 3, "order": 0}, ValueError, "order"),
+        (dpm_solver_pp_sample, {"steps": 3, "multistep": True}, TypeError, "multistep"),
+        (adaptive_sde_sample, {"rtol": 0.0}, ValueError, "rtol"),
+        (adaptive_sde_sample, {"steps": 10}, TypeError, "steps"),
+        (adaptive_ode_sample, {"method": "rk45"}, ValueError, "method"),
+    ],
+)
+def test_bad_input_is_rejected_naming_the_argument(fn, kwargs, error, match):
+    sde = sds.VPSDE()
+    dm = ring().diffuse(sde)
+    with pytest.raises(error, match=match):
+        fn(sde, dm, dm.sample(4, 1.0), **kwargs)
+
+
+def test_bad_sde_state_and_budget_are_rejected():
+    dm = ring().diffuse(sds.VPSDE())
+    with pytest.raises(TypeError, match="sde"):
+        heun_sample("VP", dm, torch.zeros(4, 2), steps=3)
+    with pytest.raises(ValueError, match="x_T"):
+        heun_sample(sds.VPSDE(), dm, torch.zeros(2), steps=3)
+    with pytest.raises(ValueError, match="nfe"):
+        FAST_SAMPLERS["dpm_solver_3"].steps_for(2)

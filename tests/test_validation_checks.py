@@ -1,0 +1,178 @@
+"""The quick forms of `python -m validation` (so CI keeps every identity true), the statistics they rest on, and
+the runner, table, CLI and check_sampler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import sdescore
+from sdescore import VPSDE, SampleResult
+from validation import checks as V
+from validation.__main__ import main
+from validation.mixtures import GaussianMixture, random_anisotropic, ring
+from validation.stats import energy_test, mode_weight_test, sliced_ks_test
+
+f64 = torch.float64
+QUICK = [name for name, c in V.CHECKS.items() if c.quick]
+
+
+# ---------------------------------------------------------------------- every quick check passes
+@pytest.fixture
+def one_thread():
+    """The checks run on small tensors, where intra-op threads cost more than they give (as in the CLI)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_quick_check_passes(name, one_thread):
+    rows = V.run_checks([name], quick=True)
+    assert rows, f"check {name} recorded no rows"
+    if all(r.status == "skip" for r in rows):
+        assert all(r.note.startswith("not available yet") for r in rows)
+        pytest.skip(rows[0].note)
+    failed = [r for r in rows if r.status == "FAIL"]
+    assert not failed, "\n" + V.format_table(failed)
+
+
+def test_every_check_is_documented():
+    for c in V.CHECKS.values():
+        assert c.description and c.description != c.name, c.name
+
+
+# ---------------------------------------------------------------------- the statistics: calibrated and powerful
+def test_sliced_ks_rejects_at_its_level_under_the_null_and_detects_a_shift():
+    """Under the null (exact samples) the Bonferroni p-value is conservative: at level 0.1, 30 runs reject at most
+    9 times (binomial tail < 1e-3 even at the nominal rate); a 5% shift of the means is always detected."""
+    m = random_anisotropic(3, 3, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    rejections = sum(sliced_ks_test(m.sample(500, gen), m, n_projections=8, generator=gen).p_value < 0.1 for _ in range(30))
+    assert rejections <= 9
+    shifted = GaussianMixture(m.weights, 1.05 * m.means, m.covs)
+    assert sliced_ks_test(shifted.sample(2000, gen), m, generator=gen).p_value < 1e-6
+
+
+def test_energy_test_is_exact_under_the_null_and_detects_a_shift():
+    """The permutation p-value is exact: 30 null runs reject at level 0.1 at most 9 times; a shift by 0.4 of the
+    ring's radius gets the smallest p-value 199 permutations can give."""
+    m = ring()
+    gen = torch.Generator().manual_seed(1)
+    ps = [energy_test(m.sample(150, gen), m.sample(150, gen), n_permutations=99, generator=gen).p_value for _ in range(30)]
+    assert sum(p < 0.1 for p in ps) <= 9
+    shifted = m.sample(400, gen) + torch.tensor([1.6, 0.0], dtype=f64)
+    assert energy_test(m.sample(400, gen), shifted, n_permutations=199, generator=gen).p_value == 1 / 200
+
+
+def test_mode_weight_test_recovers_weights_and_detects_wrong_ones():
+    m = random_anisotropic(2, 4, seed=3)
+    gen = torch.Generator().manual_seed(2)
+    ps = [mode_weight_test(m.sample(1000, gen), m, generator=gen).p_value for _ in range(30)]
+    assert sum(p < 0.1 for p in ps) <= 9
+    res = mode_weight_test(m.sample(4000, gen), m, generator=gen)
+    assert res.detail["max_abs_error"] < 0.05
+    other = GaussianMixture(torch.tensor([0.4, 0.2, 0.2, 0.2]), m.means, m.covs)
+    assert mode_weight_test(other.sample(4000, gen), m, generator=gen).p_value < 1e-6
+
+
+def test_fitted_order_recovers_a_power_law():
+    steps = [10, 20, 40, 80]
+    assert V.fitted_order(steps, [3.0 * n**-2.5 for n in steps]) == pytest.approx(2.5, abs=1e-12)
+
+
+# ---------------------------------------------------------------------- check_sampler
+def test_check_sampler_passes_an_exact_sampler_and_fails_a_broken_one():
+    sde = VPSDE()
+    target = ring()
+
+    def pc(score_fn, x_T):
+        return sdescore.pc_sample(sde, score_fn, None, x_T=x_T, steps=200, corrector="none",
+                                  generator=torch.Generator().manual_seed(3))
+
+    good = V.check_sampler(pc, sde, target, n=1000)
+    assert good.passed and good.nfe == 200 and good.cov_error < 0.1
+
+    def half_score(score_fn, x_T):  # a sampler that gets the score wrong by a factor 1/2
+        return pc(lambda x, t: 0.5 * score_fn(x, t), x_T)
+
+    bad = V.check_sampler(half_score, sde, target, n=1000)
+    assert not bad.passed
+    raw = V.check_sampler(lambda s, x_T: x_T, sde, target, n=500)  # a plain tensor is accepted
+    assert raw.nfe is None and not raw.passed
+
+
+def test_check_sampler_refuses_bad_arguments():
+    with pytest.raises(TypeError, match="sample_fn"):
+        V.check_sampler(None, VPSDE(), ring())
+    with pytest.raises(TypeError, match="sdescore.SDE"):
+        V.check_sampler(lambda s, x: x, "vp", ring())
+    with pytest.raises(ValueError, match="t_end"):
+        V.check_sampler(lambda s, x: x, VPSDE(), ring(), t_end=2.0)
+    with pytest.raises(ValueError, match="returned shape"):
+        V.check_sampler(lambda s, x: x[:10], VPSDE(), ring(), n=100)
+
+
+# ---------------------------------------------------------------------- runner, table, CLI
+@pytest.fixture
+def extra_checks(monkeypatch):
+    registry = dict(V.CHECKS)
+    monkeypatch.setattr(V, "CHECKS", registry)
+
+    def failing(ctx):
+        """A check that fails on purpose."""
+        ctx.at_most("VP", "a figure above its tolerance", 2.0, 1.0)
+
+    def raising(ctx):
+        """A check that raises."""
+        raise RuntimeError("boom")
+
+    def needy(ctx):
+        """A check that needs a function sdescore lacks."""
+        raise AssertionError("must not run")
+
+    registry["_failing"] = V.Check("_failing", failing, False, (), "fails")
+    registry["_raising"] = V.Check("_raising", raising, False, (), "raises")
+    registry["_needy"] = V.Check("_needy", needy, False, ("no_such_function",), "needs")
+    return registry
+
+
+def test_runner_records_failures_exceptions_and_skips(extra_checks):
+    rows = V.run_checks(["_failing", "_raising", "_needy"])
+    assert [r.status for r in rows] == ["FAIL", "FAIL", "skip"]
+    assert "RuntimeError: boom" in rows[1].note
+    assert rows[2].note == "not available yet: sdescore.no_such_function"
+    table = V.format_table(rows)
+    assert "0 passed, 2 failed, 1 skipped" in table
+
+
+def test_cli_exits_non_zero_when_a_check_fails(extra_checks, capsys):
+    assert main(["--only", "_failing"]) == 1
+    assert main(["--only", "_needy"]) == 0
+    assert "skip" in capsys.readouterr().out
+
+
+def test_cli_runs_a_check_writes_its_figure_and_lists(tmp_path, capsys):
+    assert main(["--only", "converters", "--quick", "--plots", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "converters" in out and "FAIL" not in out
+    assert (tmp_path / "score_field_ring_vp.png").stat().st_size > 1000
+    assert main(["--list"]) == 0
+    assert "sde_weak_order" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--only", "no_such_check"])
+
+
+def test_run_checks_refuses_unknown_names():
+    with pytest.raises(ValueError, match="unknown checks"):
+        V.run_checks(["nope"])
+
+
+def test_statistical_tolerances_are_the_stated_levels():
+    """Z_MAX = 4.5 is a two-sided normal level of 7e-6 per z-score; LEVEL is the per-row p-value level."""
+    assert math.erfc(V.Z_MAX / math.sqrt(2)) < 1e-5
+    assert 0 < V.LEVEL <= 1e-2
+    assert isinstance(SampleResult(torch.zeros(1, 1), 0), SampleResult)

@@ -1,0 +1,815 @@
+"""The registry of checks: every identity sdescore relies on, measured against closed forms.
+
+Each check is a function of a `Context` that records rows (check, SDE, measure, figure, tolerance, pass/fail,
+time). `run_checks` runs a selection and `format_table` prints it; `python -m validation` does both. Statistical
+rows state their null level: a p-value row passes when p >= LEVEL (1e-3 per row); a z-score row passes when
+|z| <= Z_MAX (4.5, a two-sided level of 7e-6 per z). Seeds are fixed, so a run is reproducible.
+
+Checks that need a function another part of sdescore provides name it in `needs`; while `sdescore` lacks it,
+the check is skipped with the reason 'not available yet'.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+import sdescore
+from sdescore import SDE, VESDE, VPSDE, SampleResult, SubVPSDE
+from sdescore._checks import check_int, check_real
+
+from .mixtures import DiffusedMixture, GaussianMixture, ncsn_toy, random_anisotropic, ring, single_gaussian
+from .stats import TestResult, check_level, mode_weight_test, sliced_ks_test
+
+__all__ = [
+    "Row",
+    "Check",
+    "Context",
+    "CHECKS",
+    "SDES",
+    "LEVEL",
+    "Z_MAX",
+    "register",
+    "run_checks",
+    "format_table",
+    "fitted_order",
+    "SamplerReport",
+    "check_sampler",
+]
+
+f64 = torch.float64
+LEVEL = 1e-3
+Z_MAX = 4.5
+EPS = 1e-3  # end time of the samplers checked here
+
+SDES: dict[str, Callable[[], SDE]] = {
+    "VE": lambda: VESDE(sigma_min=0.01, sigma_max=50.0),
+    "VP": lambda: VPSDE(beta_min=0.1, beta_max=20.0),
+    "subVP": lambda: SubVPSDE(beta_min=0.1, beta_max=20.0),
+}
+
+
+# ---------------------------------------------------------------------- rows, context, registry
+@dataclass(frozen=True)
+class Row:
+    """One measured figure against its tolerance. status: 'pass', 'FAIL' or 'skip'."""
+
+    check: str
+    sde: str
+    measure: str
+    figure: float
+    tolerance: str
+    status: str
+    seconds: float
+    note: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "FAIL"
+
+
+class Context:
+    """What a check sees: the mode (quick or full), where plots go, the seed, and the recorders of rows."""
+
+    def __init__(self, *, quick: bool = False, plots: str | Path | None = None, seed: int = 0):
+        self.quick = bool(quick)
+        self.plots = None if plots is None else Path(plots)
+        self.seed = seed
+        self.rows: list[Row] = []
+        self.check = ""
+        self._clock = time.perf_counter()
+
+    def pick(self, quick: Any, full: Any) -> Any:
+        """The quick-mode value or the full one."""
+        return quick if self.quick else full
+
+    def generator(self, *salt: Any) -> torch.Generator:
+        """A CPU generator seeded from the run's seed, the check's name and `salt`: reproducible and independent."""
+        key = repr((self.seed, self.check) + salt).encode()
+        return torch.Generator().manual_seed(zlib.crc32(key))
+
+    def restart_clock(self) -> None:
+        self._clock = time.perf_counter()
+
+    def _add(self, sde: str, measure: str, figure: float, tolerance: str, ok: bool, note: str) -> None:
+        now = time.perf_counter()
+        figure = float(figure)
+        status = "pass" if ok and not math.isnan(figure) else "FAIL"
+        self.rows.append(Row(self.check, sde, measure, figure, tolerance, status, now - self._clock, note))
+        self._clock = now
+
+    def at_most(self, sde: str, measure: str, figure: float, tol: float, note: str = "") -> None:
+        self._add(sde, measure, figure, f"<= {tol:.3g}", float(figure) <= tol, note)
+
+    def at_least(self, sde: str, measure: str, figure: float, tol: float, note: str = "") -> None:
+        self._add(sde, measure, figure, f">= {tol:.3g}", float(figure) >= tol, note)
+
+    def near(self, sde: str, measure: str, figure: float, target: float, tol: float, note: str = "") -> None:
+        self._add(sde, measure, figure, f"{target:g} +- {tol:g}", abs(float(figure) - target) <= tol, note)
+
+    def holds(self, sde: str, measure: str, ok: bool, note: str = "") -> None:
+        """A yes/no identity (figure 0 when it holds, 1 when not)."""
+        self._add(sde, measure, 0.0 if ok else 1.0, "== 0", bool(ok), note)
+
+    def accepts(self, sde: str, what: str, result: TestResult, level: float = LEVEL, note: str = "") -> None:
+        """A statistical test whose null hypothesis (the samples follow the law) must not be rejected."""
+        self._add(sde, f"p, {result.name}: {what}", result.p_value, f">= {level:g}", result.passed(level), note)
+
+    def rejects(self, sde: str, what: str, result: TestResult, level: float = LEVEL, note: str = "") -> None:
+        """A statistical test whose null hypothesis must be rejected (a method expected to fail does)."""
+        self._add(sde, f"p, {result.name}: {what}", result.p_value, f"< {level:g}", not result.passed(level), note)
+
+    def skip(self, reason: str) -> None:
+        self.rows.append(Row(self.check, "-", "-", float("nan"), "-", "skip", 0.0, reason))
+
+    def fail(self, reason: str) -> None:
+        now = time.perf_counter()
+        self.rows.append(Row(self.check, "-", "error", float("nan"), "-", "FAIL", now - self._clock, reason))
+        self._clock = now
+
+    def plot_path(self, name: str) -> Path | None:
+        """Where to write a figure, or None when plots are off."""
+        if self.plots is None:
+            return None
+        self.plots.mkdir(parents=True, exist_ok=True)
+        return self.plots / f"{name}.png"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A named check: `run(ctx)` records rows; `quick` puts it in the --quick subset; `needs` names sdescore functions."""
+
+    name: str
+    run: Callable[[Context], None]
+    quick: bool
+    needs: tuple[str, ...]
+    description: str
+
+
+CHECKS: dict[str, Check] = {}
+
+
+def register(name: str, *, quick: bool = False, needs: Sequence[str] = ()) -> Callable:
+    """Decorator adding a check function to CHECKS under `name`."""
+
+    def add(fn: Callable[[Context], None]) -> Callable[[Context], None]:
+        doc = (fn.__doc__ or name).strip().splitlines()[0]
+        CHECKS[name] = Check(name, fn, quick, tuple(needs), doc)
+        return fn
+
+    return add
+
+
+def run_checks(
+    names: Iterable[str] | None = None,
+    *,
+    quick: bool = False,
+    plots: str | Path | None = None,
+    seed: int = 0,
+    progress: Callable[[str, list[Row]], None] | None = None,
+) -> list[Row]:
+    """Run the checks named (default: all, or the quick subset with quick=True) and return their rows.
+
+    An exception inside a check becomes a FAIL row carrying its message; the other checks still run.
+    `progress(name, rows)` is called after each check with that check's rows.
+    """
+    seed = check_int("seed", seed, minimum=0)
+    if names is None:
+        selected = [c for c in CHECKS.values() if c.quick or not quick]
+    else:
+        names = list(names)
+        unknown = [n for n in names if n not in CHECKS]
+        if unknown:
+            raise ValueError(f"unknown checks {unknown}; the checks are {sorted(CHECKS)}.")
+        selected = [CHECKS[n] for n in names]
+    ctx = Context(quick=quick, plots=plots, seed=seed)
+    for chk in selected:
+        start = len(ctx.rows)
+        ctx.check = chk.name
+        ctx.restart_clock()
+        missing = [n for n in chk.needs if not hasattr(sdescore, n)]
+        if missing:
+            ctx.skip("not available yet: " + ", ".join(f"sdescore.{n}" for n in missing))
+        else:
+            try:
+                chk.run(ctx)
+            except Exception as err:  # a broken check is a failed check, and the others still run
+                ctx.fail(f"{type(err).__name__}: {err}")
+        if progress is not None:
+            progress(chk.name, ctx.rows[start:])
+    return ctx.rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table of the rows and a summary line."""
+    head = ("check", "SDE", "measure", "figure", "tolerance", "result", "time")
+    body = [
+        (r.check, r.sde, r.measure + (f"  [{r.note}]" if r.note else ""), "-" if math.isnan(r.figure) else f"{r.figure:.3g}",
+         r.tolerance, r.status, f"{r.seconds:.1f}s")
+        for r in rows
+    ]
+    widths = [max(len(head[i]), *(len(b[i]) for b in body)) if body else len(head[i]) for i in range(len(head))]
+    widths[2] = min(widths[2], 100)
+    line = lambda cells: "  ".join(str(c)[: widths[i]].ljust(widths[i]) for i, c in enumerate(cells))  # noqa: E731
+    out = [line(head), line("-" * w for w in widths)] + [line(b) for b in body]
+    n_fail = sum(r.status == "FAIL" for r in rows)
+    n_skip = sum(r.status == "skip" for r in rows)
+    out.append(f"\n{len(rows) - n_fail - n_skip} passed, {n_fail} failed, {n_skip} skipped, "
+               f"{sum(r.seconds for r in rows):.1f}s")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- helpers
+def fitted_order(steps: Sequence[int], errors: Sequence[float]) -> float:
+    """Least-squares slope p of log(error) = c - p log(steps): the measured order of convergence."""
+    x = torch.log(torch.tensor([float(s) for s in steps], dtype=f64))
+    y = torch.log(torch.tensor([float(e) for e in errors], dtype=f64))
+    xc = x - x.mean()
+    return float(-(xc * (y - y.mean())).sum() / (xc * xc).sum())
+
+
+def _samples_of(out: Any, where: str) -> Tensor:
+    x = out.x if isinstance(out, SampleResult) else out
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{where} must return a tensor or a SampleResult, got {type(out).__name__}.")
+    return x
+
+
+def _sdes(ctx: Context, quick_names: Sequence[str] = ("VE", "VP", "subVP")) -> list[tuple[str, SDE]]:
+    names = quick_names if ctx.quick else tuple(SDES)
+    return [(n, SDES[n]()) for n in names]
+
+
+def _rel(a: Tensor, b: Tensor) -> float:
+    """max |a - b| / max |b|: a normwise relative error that stays meaningful where b vanishes."""
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-300))
+
+
+def _in_units_of(a: Tensor, b: Tensor, scale: Tensor, ref: Tensor) -> float:
+    """max_i ||scale_i (a_i - b_i)|| / ||ref_i||: the error of a term of an identity in units of its largest term."""
+    return float(((scale[:, None] * (a - b)).norm(dim=1) / ref.norm(dim=1).clamp(min=1e-300)).max())
+
+
+def _drift_coefficient(sde: SDE, t: Tensor) -> Tensor:
+    """f(t) of a linear drift f(x, t) = f(t) x, shape (B,)."""
+    return sde.f(torch.ones(t.shape[0], 1, dtype=f64), t)[:, 0]
+
+
+def _noisy_points(target: GaussianMixture, sde: SDE, n: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """x_t = alpha x0 + std z with x0 ~ target and one time per sample, t ~ U(EPS, T)."""
+    t = EPS + (sde.T - EPS) * torch.rand(n, generator=gen, dtype=f64)
+    x0 = target.sample(n, gen)
+    alpha, std = sde.kernel(t)
+    return alpha[:, None] * x0 + std[:, None] * torch.randn(x0.shape, generator=gen, dtype=f64), t
+
+
+# ---------------------------------------------------------------------- symbolic identities
+@register("symbolic", quick=True)
+def _symbolic(ctx: Context) -> None:
+    """Kernels from the moment ODEs (sympy) equal the paper's and the torch code; Fokker-Planck, reverse-SDE, PF, DSM identities."""
+    from . import symbolic as sym
+
+    for name, residual in sym.general_identities().items():
+        ctx.holds("any linear", f"{name} (residual simplifies to 0)", residual == 0, "f, g, alpha, var generic")
+    for name, sde in _sdes(ctx):
+        sch = sym.schedule(sde)
+        kernel = sch.derive()
+        ctx.holds(name, "moment ODEs and initial values hold", all(r == 0 for r in kernel.moment_ode_residuals()),
+                  f"var(0) = {kernel.var0}")
+        ctx.holds(name, "derived kernel == paper's closed form",
+                  sym.symbolically_equal(kernel.alpha, sch.alpha) and sym.symbolically_equal(kernel.variance, sch.variance))
+        ctx.at_most(name, "torch kernel & marginal_prob vs closed form (max rel err)",
+                    sym.kernel_error(sde, kernel, sch.params), 1e-12)
+        if not ctx.quick:
+            for label, fn in (("Fokker-Planck", sym.fokker_planck_residual),
+                              ("probability flow keeps p_t", sym.probability_flow_residual),
+                              ("reverse SDE keeps p_t", sym.reverse_sde_residual)):
+                ctx.holds(name, f"{label} for this schedule", sym.vanishes(fn(kernel), sch.params), "40 digits, 8 points")
+
+
+# ---------------------------------------------------------------------- the kernel against the forward SDE
+def _em_moments(sde: SDE, n: int, var0: float, at: Sequence[int]) -> dict[int, tuple[float, float]]:
+    """Exact mean coefficient and variance of Euler–Maruyama with n steps on [0, T] for dx = f(t) x dt + g(t) dw:
+    m <- (1 + f h) m, v <- (1 + f h)^2 v + g^2 h, from m = 1, v = var0; recorded after the steps listed in `at`."""
+    h = sde.T / n
+    tk = torch.arange(n, dtype=f64) * h
+    a = (1.0 + _drift_coefficient(sde, tk) * h).tolist()
+    g2h = (sde.g(tk) ** 2 * h).tolist()
+    m, v, out = 1.0, var0, {}
+    for k in range(n):
+        m, v = a[k] * m, a[k] * a[k] * v + g2h[k]
+        if k + 1 in at:
+            out[k + 1] = (m, v)
+    return out
+
+
+@register("kernel_simulation", quick=True)
+def _kernel_simulation(ctx: Context) -> None:
+    """The Gaussian kernel (sde.kernel) matches an Euler–Maruyama simulation of the forward SDE from its f and g."""
+    N = ctx.pick(1 << 13, 1 << 15)
+    x0 = 1.5
+    series = []
+    for name, sde in _sdes(ctx):
+        times = torch.tensor([0.0, 0.5 * sde.T, sde.T], dtype=f64)
+        alpha, std = sde.kernel(times)
+        var0 = float(std[0]) ** 2  # the law at t = 0 is the data smoothed by std(0) (VE: sigma_min, SMLD convention)
+        # the fewest steps whose EM bias (exact, from the moment recursion) is below a quarter standard error
+        for n in (500, 1000, 2000, 4000, 8000, 16000):
+            mom = _em_moments(sde, n, var0, (n // 2, n))
+            ok = True
+            for k, (m, v) in mom.items():
+                i = 1 if k == n // 2 else 2
+                se_m, se_v = float(std[i]) / math.sqrt(N), float(std[i]) ** 2 * math.sqrt(2.0 / N)
+                ok &= abs(m - float(alpha[i])) * x0 <= se_m / 4 and abs(v - float(std[i]) ** 2) <= se_v / 4
+            if ok:
+                break
+        gen = ctx.generator(name)
+        B, d = N // 8, 8
+        x = float(alpha[0]) * x0 + float(std[0]) * torch.randn(B, d, generator=gen, dtype=f64)
+        h = sde.T / n
+        zs = []
+        for k in range(n):
+            t = torch.full((B,), k * h, dtype=f64)
+            x = x + sde.f(x, t) * h + sde.g(t)[:, None] * (math.sqrt(h) * torch.randn(B, d, generator=gen, dtype=f64))
+            if k + 1 in (n // 2, n):
+                i = 1 if k + 1 == n // 2 else 2
+                a, s = float(alpha[i]), float(std[i])
+                mean, var = float(x.mean()), float(x.var())
+                zs += [(mean - a * x0) / (s / math.sqrt(N)), (var - s * s) / (s * s * math.sqrt(2.0 / N))]
+        ctx.at_most(name, "forward EM simulation vs kernel mean & var at T/2, T (max |z|)", max(map(abs, zs)), Z_MAX,
+                    f"{n} steps, N={N}, EM bias < SE/4")
+        steps = [64, 128, 256, 512, 1024]
+        errs = []
+        for n in steps:
+            m, v = _em_moments(sde, n, var0, (n,))[n]
+            errs.append(max(abs(m / float(alpha[2]) - 1), abs(v / float(std[2]) ** 2 - 1)))
+        order = fitted_order(steps, errs)
+        series.append((name, steps, errs, order, 1.0))
+        ctx.near(name, "EM moments -> kernel at T: fitted weak order", order, 1.0, 0.1, "exact EM moment recursion")
+    path = ctx.plot_path("kernel_forward_em_order")
+    if path is not None:
+        from .plots import plot_convergence
+
+        plot_convergence(path, series, title="forward Euler–Maruyama moments -> kernel at T", ylabel="relative error")
+
+
+# ---------------------------------------------------------------------- closed forms and converters
+@register("mixture_identities", quick=True)
+def _mixture_identities(ctx: Context) -> None:
+    """The mixture's closed forms agree with autograd: score = grad log p_t, Cov[x0|x_t] = second-order Tweedie."""
+    target = random_anisotropic(3, 3, seed=11)
+    for name, sde in _sdes(ctx):
+        p = target.diffuse(sde)
+        x, t = _noisy_points(target, sde, 64, ctx.generator(name))
+        x.requires_grad_(True)
+        (grad,) = torch.autograd.grad(p.log_prob(x, t).sum(), x)
+        ctx.at_most(name, "score vs autograd of log p_t (max rel err)", _rel(p.score(x, t), grad), 1e-9)
+        x = x.detach()[:6]
+        cov = p.posterior_cov(x, t[:6])
+        alpha, std = sde.kernel(t[:6])
+        errs = []
+        for i in range(6):
+            H = torch.autograd.functional.hessian(lambda z: p.log_prob(z[None], t[i : i + 1]).sum(), x[i])
+            want = std[i] ** 2 / alpha[i] ** 2 * (torch.eye(3, dtype=f64) + std[i] ** 2 * H)
+            errs.append(_rel(cov[i], want))
+        ctx.at_most(name, "posterior_cov vs (std^2/alpha^2)(I + std^2 Hess log p_t)", max(errs), 1e-7)
+
+
+@register("converters", quick=True)
+def _converters(ctx: Context) -> None:
+    """sdescore's converters (score_from_eps, eps_from_score, score_from_denoiser, denoiser_from_score) equal the closed forms."""
+    targets = {"ring": ring(), "aniso-4d": random_anisotropic(4, 3, seed=0)}
+    for name, sde in _sdes(ctx):
+        for tname, target in targets.items():
+            p = target.diffuse(sde)
+            x, t = _noisy_points(target, sde, 512, ctx.generator(name, tname))
+            s, e, D = p.score(x, t), p.eps(x, t), p.denoiser(x, t)
+            alpha, std = sde.kernel(t)
+            # Tweedie: x = alpha D - std^2 s and eps = -std s. The denoiser converters cancel terms of size |x|, so
+            # their errors are measured in units of |x| (near t = 0 sub-VP has std^2 ~ 1e-8: digits are lost as 1/std^2).
+            err = max(
+                _rel(sdescore.score_from_eps(sde, p.eps)(x, t), s),
+                _rel(sdescore.eps_from_score(sde, p.score)(x, t), e),
+                _in_units_of(sdescore.score_from_denoiser(sde, p.denoiser)(x, t), s, std**2, x),
+                _in_units_of(sdescore.denoiser_from_score(sde, p.score)(x, t), D, alpha, x),
+            )
+            ctx.at_most(name, f"converters vs Tweedie closed forms, {tname} (max err, units of |x|)", err, 1e-12)
+    path = ctx.plot_path("score_field_ring_vp")
+    if path is not None:
+        from .plots import plot_score_field
+
+        sde = SDES["VP"]()
+        p = ring().diffuse(sde)
+        plot_score_field(path, p, [0.01, 0.1, 0.3], other=sdescore.score_from_denoiser(sde, p.denoiser),
+                         other_label="score_from_denoiser(exact D)", title="VP, ring: analytic score vs converted denoiser")
+
+
+# ---------------------------------------------------------------------- losses
+def _gaussian_dsm_floor(p: DiffusedMixture, t: Tensor) -> Tensor:
+    """E ||std s(x_t) + z||^2 / 2 at the exact score of a Gaussian: (d - std^2 tr C(t)^{-1}) / 2, shape (B,).
+
+    Since E[z | x_t] = -std s(x_t): E||std s + z||^2 = d - std^2 E||s||^2, and E||s||^2 = tr C^{-1} for N(m, C)."""
+    alpha, std = p.kernel(t)
+    lam = p.mixture.eigenvalues[0]
+    c = alpha[:, None] ** 2 * lam + std[:, None] ** 2
+    return 0.5 * (p.mixture.dim - (std[:, None] ** 2 / c).sum(1))
+
+
+def _z_mean(values: Tensor, expected: Tensor) -> float:
+    """z-score of mean(values) against mean(expected), with the standard error of the values."""
+    n = values.shape[0]
+    return float((values.mean() - expected.mean()) / (values.std() / math.sqrt(n)))
+
+
+@register("losses", quick=True, needs=("dsm_loss", "eps_loss", "ncsn_loss"))
+def _losses(ctx: Context) -> None:
+    """DSM, epsilon and NCSN losses: the exact score is their stationary point and their floor is the closed form."""
+    gauss = random_anisotropic(3, 1, seed=5)
+    mix = ring()
+    n_t, reps = 32, ctx.pick(128, 1024)
+    for name, sde in _sdes(ctx):
+        gen = ctx.generator(name)
+        t = (EPS + (sde.T - EPS) * (torch.arange(n_t, dtype=f64) + 0.5) / n_t).repeat(reps)
+        x0 = gauss.sample(t.shape[0], gen)
+        p = gauss.diffuse(sde)
+        floor = _gaussian_dsm_floor(p, t)
+        g2_over_std2 = sde.g(t) ** 2 / sde.kernel(t)[1] ** 2
+        for weighting, expected in (("sigma2", floor), ("likelihood", g2_over_std2 * floor)):
+            loss = sdescore.dsm_loss(sde, p, x0, weighting=weighting, t=t, reduce="none", generator=gen)
+            ctx.at_most(name, f"dsm_loss({weighting}) at the exact score vs closed-form floor (|z|)",
+                        abs(_z_mean(loss, expected)), Z_MAX, "Gaussian, d=3")
+        loss = sdescore.eps_loss(sde, p.eps, x0, t=t, reduce="none", generator=gen)
+        ctx.at_most(name, "eps_loss at the exact eps vs closed-form floor (|z|)", abs(_z_mean(loss, floor)), Z_MAX)
+        # stationarity on a mixture: d/d delta of the loss of s* + delta h vanishes in expectation at delta = 0
+        q = mix.diffuse(sde)
+        x0 = mix.sample(t.shape[0], gen)
+        z = torch.randn(x0.shape, generator=gen, dtype=f64)
+        A = torch.randn(2, 2, generator=gen, dtype=f64)
+        b = torch.randn(2, generator=gen, dtype=f64)
+
+        def perturbed(delta: float, base: float = 0.0):
+            def score(x, tt):
+                return q(x, tt) + (delta + base) * (x @ A + b)
+
+            return sdescore.dsm_loss(sde, score, x0, t=t, noise=z, reduce="none")
+
+        for base, must in ((0.0, "exact"), (0.2, "shifted")):
+            slope = (perturbed(1.0, base) - perturbed(-1.0, base)) / 2  # per-sample dL/d delta (the loss is quadratic)
+            zs = float(slope.mean() / (slope.std() / math.sqrt(slope.shape[0])))
+            if must == "exact":
+                ctx.at_most(name, "dsm_loss: dL/d delta at the exact score, ring (|z|)", abs(zs), Z_MAX)
+            else:
+                ctx.at_least(name, "dsm_loss: dL/d delta at a shifted score, ring (|z|, power)", abs(zs), Z_MAX)
+    # NCSN: sigma-conditioned, lambda(sigma) = sigma^2
+    L = 10
+    sigmas = torch.exp(torch.linspace(math.log(50.0), math.log(0.01), L, dtype=f64))
+    n = n_t * reps
+    labels = torch.arange(n) % L
+    gen = ctx.generator("ncsn")
+    x0 = gauss.sample(n, gen)
+    noised = gauss.noised()
+    loss = sdescore.ncsn_loss(noised, x0, sigmas, labels, reduce="none", generator=gen)
+    ctx.at_most("NCSN", "ncsn_loss at the exact score vs closed-form floor (|z|)",
+                abs(_z_mean(loss, _gaussian_dsm_floor(noised, sigmas[labels]))), Z_MAX)
+
+
+# ---------------------------------------------------------------------- samplers from the exact score
+def _sample_rows(ctx: Context, name: str, sde: SDE, target: GaussianMixture, x: Tensor, what: str) -> None:
+    law = target.marginal(sde, EPS)
+    gen = ctx.generator(name, what, "test")
+    ctx.accepts(name, what, sliced_ks_test(x, law, generator=gen))
+    w = mode_weight_test(x, law, generator=gen)
+    ctx.accepts(name, what, w, note=f"max |w - w_true| = {w.detail['max_abs_error']:.3f}")
+
+
+@register("reverse_sde", quick=True)
+def _reverse_sde(ctx: Context) -> None:
+    """Reverse-SDE samples (sde.reverse(score).sample, torchsde) from the exact score follow the mixture at t = eps."""
+    target = ring()
+    n = ctx.pick(1000, 2000)
+    # steps per method: the higher-order methods cost more per step and need fewer of them
+    methods = ctx.pick({"euler": 250}, {"euler": 1000, "heun": 500, "srk": 250})
+    shown = {}
+    for name, sde in _sdes(ctx):
+        p = target.score_fn(sde)
+        for method, steps in methods.items():
+            gen = ctx.generator(name, method)
+            x_T = sde.prior_sampling((n, 2), generator=gen, dtype=f64)
+            x = sde.reverse(p).sample(x_T, steps=steps, method=method, eps=EPS, generator=gen).x
+            _sample_rows(ctx, name, sde, target, x, f"reverse SDE {method}, {steps} steps")
+            if method == "euler":
+                shown[f"{name} reverse SDE"] = x
+    path = ctx.plot_path("samples_reverse_sde")
+    if path is not None:
+        from .plots import plot_samples
+
+        plot_samples(path, target.marginal(SDES["VP"](), EPS), shown, title="reverse-SDE samples (Euler–Maruyama) vs p_eps")
+
+
+@register("pc_sampler", quick=True)
+def _pc_sampler(ctx: Context) -> None:
+    """Predictor–corrector samples (sdescore.pc_sample) from the exact score follow the mixture at t = eps."""
+    target = ring()
+    n, steps = ctx.pick(1000, 2000), ctx.pick(250, 500)
+    combos = ctx.pick(
+        (("reverse_diffusion", "langevin"),),
+        (("reverse_diffusion", "langevin"), ("euler_maruyama", "none"), ("ancestral_sampling", "langevin")),
+    )
+    for name, sde in _sdes(ctx):
+        p = target.score_fn(sde)
+        for predictor, corrector in combos:
+            gen = ctx.generator(name, predictor, corrector)
+            x = sdescore.pc_sample(sde, p, (n, 2), predictor=predictor, corrector=corrector, steps=steps, eps=EPS,
+                                   generator=gen, dtype=f64).x
+            _sample_rows(ctx, name, sde, target, x, f"PC {predictor}+{corrector}, {steps} steps")
+
+
+@register("probability_flow", quick=True)
+def _probability_flow(ctx: Context) -> None:
+    """Probability-flow ODE: samples follow p_eps, encodings follow p_T, decode(encode(x)) = x, and the Gaussian's closed form."""
+    target = ring()
+    gauss = single_gaussian()
+    n = ctx.pick(500, 2000)
+    shown = {}
+    for name, sde in _sdes(ctx):
+        gen = ctx.generator(name)
+        ode = sde.probability_flow(target.score_fn(sde))
+        x = ode.sample(sde.prior_sampling((n, 2), generator=gen, dtype=f64), eps=EPS).x
+        _sample_rows(ctx, name, sde, target, x, "ODE samples, dopri5")
+        shown[f"{name} ODE"] = x
+        x0 = target.marginal(sde, EPS).sample(n, gen)
+        z = ode.encode(x0, eps=EPS).x
+        ctx.accepts(name, "ODE encodings ~ p_T", sliced_ks_test(z, target.marginal(sde, sde.T), generator=gen))
+        x0 = x0[:100]
+        z = ode.encode(x0, eps=EPS, rtol=1e-7, atol=1e-7).x
+        back = ode.sample(z, eps=EPS, rtol=1e-7, atol=1e-7).x
+        ctx.at_most(name, "decode(encode(x)) - x, rtol=atol=1e-7 (max rel err)", _rel(back, x0), 1e-4)
+        x_T = sde.prior_sampling((64, 2), generator=gen, dtype=f64)
+        exact = gauss.ode_solution(sde, x_T, sde.T, EPS)
+        num = sde.probability_flow(gauss.score_fn(sde)).sample(x_T, eps=EPS, rtol=1e-8, atol=1e-8).x
+        ctx.at_most(name, "ODE sample vs closed-form flow of a Gaussian, rtol=atol=1e-8 (max rel err)",
+                    _rel(num, exact), 1e-5)
+    path = ctx.plot_path("samples_probability_flow")
+    if path is not None:
+        from .plots import plot_samples
+
+        plot_samples(path, target.marginal(SDES["VP"](), EPS), shown, title="probability-flow ODE samples vs p_eps")
+
+
+@register("likelihood", quick=True, needs=("log_likelihood",))
+def _likelihood(ctx: Context) -> None:
+    """log_likelihood through the ODE equals the analytic log-density (exact trace and Hutchinson)."""
+    eps = 1e-5
+    targets = ctx.pick({"ring": ring()}, {"ring": ring(), "aniso-8d": random_anisotropic(8, 3, seed=2)})
+    n = ctx.pick(32, 128)
+    for name, sde in _sdes(ctx, ("VP",)):
+        for tname, target in targets.items():
+            p = target.diffuse(sde)
+            gen = ctx.generator(name, tname)
+            x = target.marginal(sde, eps).sample(n, gen)
+            exact = p.log_prob(x, eps)
+            prior = lambda z: p.log_prob(z, sde.T)  # noqa: E731  the exact law at T isolates the solver's error
+            res = sdescore.log_likelihood(sde, p, x, trace="exact", eps=eps, prior_logp=prior)
+            ctx.at_most(name, f"log_likelihood exact trace, default tolerances: |mean error|, {tname} (nats)",
+                        abs(float((res.logp - exact).mean())), 2e-3, "prior = exact p_T")
+            res = sdescore.log_likelihood(sde, p, x, trace="exact", eps=eps, prior_logp=prior, rtol=1e-7, atol=1e-7)
+            ctx.at_most(name, f"log_likelihood exact trace, rtol=atol=1e-7: max error, {tname} (nats)",
+                        float((res.logp - exact).abs().max()), 1e-4, "prior = exact p_T")
+            if not ctx.quick:
+                res = sdescore.log_likelihood(sde, p, x, trace="hutchinson", eps=eps, prior_logp=prior, generator=gen,
+                                              rtol=1e-7, atol=1e-7)
+                err = res.logp - exact
+                ctx.at_most(name, f"log_likelihood Hutchinson: mean error, {tname} (|z|)",
+                            abs(float(err.mean() / (err.std() / math.sqrt(n)))), Z_MAX, "unbiased")
+
+
+@register("annealed_langevin", quick=True, needs=("langevin", "annealed_langevin"))
+def _annealed_langevin(ctx: Context) -> None:
+    """Annealed Langevin recovers the 0.2/0.8 weights of Song & Ermon's (2019) toy; plain Langevin cannot."""
+    target = ncsn_toy()
+    n = ctx.pick(1000, 2000)
+    gen = ctx.generator()
+    x_init = 16.0 * torch.rand(n, 2, generator=gen, dtype=f64) - 8.0  # uniform on [-8, 8]^2, as in the paper
+    sigmas = torch.exp(torch.linspace(math.log(20.0), math.log(1.0), 10, dtype=f64))
+    plain = _samples_of(sdescore.langevin(target.score, x_init, 0.1, 1000, generator=gen), "langevin")
+    annealed = _samples_of(
+        sdescore.annealed_langevin(target.noised(), sigmas, x_init, n_steps_each=100, step_lr=0.1, generator=gen),
+        "annealed_langevin",
+    )
+    for label, x, expect in (("annealed Langevin", annealed, True), ("plain Langevin (expected to fail)", plain, False)):
+        w = mode_weight_test(x, target, generator=gen)
+        note = "weights " + ", ".join(f"{v:.3f}" for v in w.detail["weights"]) + " (true 0.2, 0.8)"
+        (ctx.accepts if expect else ctx.rejects)("NCSN", label, w, note=note)
+    path = ctx.plot_path("samples_langevin")
+    if path is not None:
+        from .plots import plot_samples
+
+        plot_samples(path, target, {"plain Langevin": plain, "annealed Langevin": annealed}, lim=10.0,
+                     title="Song & Ermon (2019) toy: 0.2 N((-5,-5), I) + 0.8 N((5,5), I)")
+
+
+# ---------------------------------------------------------------------- convergence orders
+ODE_ORDERS = {"euler": 1, "midpoint": 2, "heun3": 3, "rk4": 4}
+
+
+@register("ode_order", quick=True)
+def _ode_order(ctx: Context) -> None:
+    """Fixed-step probability-flow ODE solvers converge at their theoretical order to the Gaussian's closed-form flow."""
+    gauss = single_gaussian()
+    steps = ctx.pick([32, 64, 128, 256], [64, 128, 256, 512])  # sub-VP's rk4 is pre-asymptotic below 64 steps
+    methods = ctx.pick(("midpoint", "rk4"), tuple(ODE_ORDERS))
+    series = []
+    for name, sde in _sdes(ctx, ("VP",)):
+        x_T = sde.prior_sampling((64, 2), generator=ctx.generator(name), dtype=f64)
+        exact = gauss.ode_solution(sde, x_T, sde.T, EPS)
+        ode = sde.probability_flow(gauss.score_fn(sde))
+        for method in methods:
+            errs = [_rel(ode.sample(x_T, method=method, steps=n, eps=EPS).x, exact) for n in steps]
+            order = fitted_order(steps, errs)
+            series.append((f"{name} {method}", steps, errs, order, ODE_ORDERS[method]))
+            ctx.near(name, f"PF-ODE {method}: fitted order, {steps[0]}-{steps[-1]} steps", order, ODE_ORDERS[method], 0.15)
+    path = ctx.plot_path("order_probability_flow")
+    if path is not None:
+        from .plots import plot_convergence
+
+        plot_convergence(path, series, title="probability-flow ODE vs closed-form flow (Gaussian)", ylabel="max rel error")
+
+
+FAST_SAMPLERS: dict[str, tuple[int, bool, bool, Callable[..., Any]]] = {
+    # label: (theoretical order, in the quick subset, order is only a lower bound here, call(sde, score, x_T, steps))
+    "heun (EDM, Karras grid)": (2, True, False, lambda sde, s, x, n: sdescore.heun_sample(sde, s, x, steps=n)),
+    "DPM-Solver-1": (1, False, False, lambda sde, s, x, n: sdescore.dpm_solver_sample(sde, s, x, steps=n, order=1)),
+    "DPM-Solver-2": (2, False, False, lambda sde, s, x, n: sdescore.dpm_solver_sample(sde, s, x, steps=n, order=2)),
+    "DPM-Solver-3": (3, True, False, lambda sde, s, x, n: sdescore.dpm_solver_sample(sde, s, x, steps=n, order=3)),
+    "DPM-Solver-2M": (2, False, False,
+                      lambda sde, s, x, n: sdescore.dpm_solver_sample(sde, s, x, steps=n, order=2, multistep=True)),
+    # the 3-step multistep method runs ahead of its asymptotic slope over 32-256 steps (measured 3.1-3.8)
+    "DPM-Solver-3M": (3, False, True,
+                      lambda sde, s, x, n: sdescore.dpm_solver_sample(sde, s, x, steps=n, order=3, multistep=True)),
+    "DPM-Solver++2M": (2, True, False, lambda sde, s, x, n: sdescore.dpm_solver_pp_sample(sde, s, x, steps=n)),
+}
+
+
+@register("fast_samplers", quick=True, needs=("heun_sample", "dpm_solver_sample", "dpm_solver_pp_sample"))
+def _fast_samplers(ctx: Context) -> None:
+    """Heun and DPM-Solver(++) converge at their theoretical order to the Gaussian's closed-form probability flow."""
+    gauss = single_gaussian()
+    steps = [32, 64, 128, 256]
+    series = []
+    for name, sde in _sdes(ctx, ("VP",)):
+        x_T = sde.prior_sampling((64, 2), generator=ctx.generator(name), dtype=f64)
+        exact = gauss.ode_solution(sde, x_T, sde.T, EPS)
+        score = gauss.score_fn(sde)
+        for label, (theory, quick, lower_bound, call) in FAST_SAMPLERS.items():
+            if ctx.quick and not quick:
+                continue
+            errs = [_rel(_samples_of(call(sde, score, x_T, n), label), exact) for n in steps]
+            order = fitted_order(steps, errs)
+            series.append((f"{name} {label}", steps, errs, order, theory))
+            if lower_bound:
+                ctx.at_least(name, f"{label}: fitted order, {steps[0]}-{steps[-1]} steps", order, theory - 0.15,
+                             f"theory {theory}")
+            else:
+                ctx.near(name, f"{label}: fitted order, {steps[0]}-{steps[-1]} steps", order, theory, 0.15)
+    path = ctx.plot_path("order_fast_samplers")
+    if path is not None:
+        from .plots import plot_convergence
+
+        plot_convergence(path, series, title="fast samplers vs closed-form flow (Gaussian)", ylabel="max rel error")
+
+
+def _reverse_em_variance(sde: SDE, c: Callable[[float], float], n: int, v_T: float) -> float:
+    """Exact variance at eps of n reverse Euler–Maruyama steps on a 1-D Gaussian, score -(x - m)/c(t):
+    x <- x - [f x + g^2 (x - m) / c] h + g sqrt(h) z, so v <- (1 - (f + g^2/c) h)^2 v + g^2 h (m = 0)."""
+    h = (sde.T - EPS) / n
+    tk = sde.T - torch.arange(n, dtype=f64) * h
+    f = _drift_coefficient(sde, tk).tolist()
+    g2 = (sde.g(tk) ** 2).tolist()
+    v = v_T
+    for k, tv in enumerate(tk.tolist()):
+        a = 1.0 - (f[k] + g2[k] / c(tv)) * h
+        v = a * a * v + g2[k] * h
+    return v
+
+
+@register("sde_weak_order", quick=True)
+def _sde_weak_order(ctx: Context) -> None:
+    """Euler–Maruyama on the reverse SDE has weak order >= 1: variance of samples of a Gaussian vs the closed form."""
+    D = 256
+    B = ctx.pick(1024, 4096)
+    steps = ctx.pick([8, 16, 32, 64], [16, 32, 64, 128])  # VE diverges at 8 steps
+    var0 = 0.5
+    gauss = GaussianMixture([1.0], torch.zeros(1, D, dtype=f64), [var0])
+    series = []
+    for name, sde in _sdes(ctx, ("VP",)):
+        p = gauss.diffuse(sde)
+
+        def c(tv: float) -> float:
+            alpha, std = sde.kernel(torch.tensor([tv], dtype=f64))
+            return float(alpha**2 * var0 + std**2)
+
+        N = B * D
+        errs, zs = [], []
+        for n in steps:
+            gen = ctx.generator(name, n)
+            x_T = math.sqrt(c(sde.T)) * torch.randn(B, D, generator=gen, dtype=f64)  # x_T ~ p_T exactly
+            x = sde.reverse(p).sample(x_T, steps=n, method="euler", eps=EPS, generator=gen).x
+            v_emp = float(x.pow(2).mean())
+            v_em = _reverse_em_variance(sde, c, n, c(sde.T))
+            zs.append((v_emp - v_em) / (v_em * math.sqrt(2.0 / N)))
+            errs.append(abs(v_emp / c(EPS) - 1))
+        ctx.at_most(name, "sample variance vs exact EM recursion, all step counts (max |z|)", max(map(abs, zs)), Z_MAX,
+                    f"N={N}")
+        order = fitted_order(steps, errs)
+        series.append((f"{name} reverse EM", steps, errs, order, 1.0))
+        ctx.at_least(name, f"reverse EM: fitted weak order (variance), {steps[0]}-{steps[-1]} steps", order, 0.75,
+                     "theory >= 1")
+    path = ctx.plot_path("order_reverse_sde")
+    if path is not None:
+        from .plots import plot_convergence
+
+        plot_convergence(path, series, title="reverse-SDE Euler–Maruyama: variance error at eps",
+                         ylabel="|Var/Var_exact - 1|")
+
+
+# ---------------------------------------------------------------------- a user's own sampler
+@dataclass(frozen=True)
+class SamplerReport:
+    """Figures of `check_sampler`: the two tests, moment errors, evaluations and time."""
+
+    ks: TestResult
+    weights: TestResult
+    mean_error: float
+    cov_error: float
+    nfe: int | None
+    seconds: float
+    level: float
+
+    @property
+    def passed(self) -> bool:
+        """Neither test rejects 'the samples follow the target at t_end' at `level`."""
+        return self.ks.passed(self.level) and self.weights.passed(self.level)
+
+
+def check_sampler(
+    sample_fn: Callable[[Callable[[Tensor, Tensor], Tensor], Tensor], Any],
+    sde: SDE,
+    target: GaussianMixture,
+    *,
+    n: int = 2000,
+    t_end: float = EPS,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> SamplerReport:
+    """Measure a sampler against a closed-form target: sample_fn(score_fn, x_T) -> samples (tensor or SampleResult).
+
+    score_fn is the exact score of the target diffused by `sde`; x_T (n, d) is drawn from the SDE's prior. The
+    samples are compared with the exact law at `t_end` (the sampler's final time) by the sliced KS test and the
+    mode-weight test, each at `level`.
+
+    Returns:
+        SamplerReport with the tests, the relative errors of the sample mean (in units of the law's scale) and
+        covariance (Frobenius), the sampler's nfe if it reports one, and the wall time.
+    """
+    if not callable(sample_fn):
+        raise TypeError(f"sample_fn must be callable as sample_fn(score_fn, x_T), got {type(sample_fn).__name__}.")
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
+    if not isinstance(target, GaussianMixture):
+        raise TypeError(f"target must be a validation.GaussianMixture, got {type(target).__name__}.")
+    n = check_int("n", n, minimum=10)
+    t_end = check_real("t_end", t_end, positive=True)
+    if t_end > sde.T:
+        raise ValueError(f"t_end must lie in (0, T={sde.T}], got {t_end}.")
+    level = check_level(level)
+    seed = check_int("seed", seed, minimum=0)
+    gen = torch.Generator().manual_seed(seed)
+    x_T = sde.prior_sampling((n, target.dim), generator=gen, dtype=target.dtype)
+    start = time.perf_counter()
+    out = sample_fn(target.score_fn(sde), x_T)
+    seconds = time.perf_counter() - start
+    x = _samples_of(out, "sample_fn")
+    if x.shape[0] != n or x[0].numel() != target.dim:
+        raise ValueError(f"sample_fn returned shape {tuple(x.shape)} for x_T of shape {tuple(x_T.shape)}.")
+    x = x.detach().to(f64).reshape(n, target.dim)
+    law = target.marginal(sde, t_end)
+    cov = law.covariance()
+    mean_err = float((x.mean(0) - law.mean()).norm() / torch.sqrt(torch.trace(cov)))
+    cov_err = float((torch.cov(x.T).reshape(cov.shape) - cov).norm() / cov.norm())
+    return SamplerReport(
+        ks=sliced_ks_test(x, law, generator=gen),
+        weights=mode_weight_test(x, law, generator=gen),
+        mean_error=mean_err,
+        cov_error=cov_err,
+        nfe=out.nfe if isinstance(out, SampleResult) else None,
+        seconds=seconds,
+        level=level,
+    )
