@@ -2,7 +2,8 @@
 
 Installs the CPU wheel torch==2.13.0 first when no torch is importable (an unpinned torch would pull a
 multi-GB CUDA build), never replaces a torch that is already there (a GPU user keeps their CUDA build),
-then installs sdescore in editable mode with the extras named on the command line (default: test).
+then installs sdescore in editable mode with the extras named on the command line (default: test,docs: the
+test suite builds the documentation site with `mkdocs build --strict`).
 """
 
 import importlib.util
@@ -18,7 +19,7 @@ def pip(*args: str) -> None:
 
 
 def main() -> None:
-    extras = ",".join(sys.argv[1:]) or "test"
+    extras = ",".join(sys.argv[1:]) or "test,docs"
     if importlib.util.find_spec("torch") is None:
         print("install: no torch found; installing the CPU wheel torch==2.13.0", flush=True)
         pip("torch==2.13.0")

@@ -22,7 +22,26 @@ from .discrete import (
     ve_sde_from_ncsn_sigmas,
 )
 from .losses import WEIGHTINGS, dsm_loss, eps_loss, ism_loss, ncsn_loss, ssm_loss
+from .fast import (
+    FAST_SAMPLERS,
+    AdaptiveSampler,
+    FixedStepSampler,
+    adaptive_ode_sample,
+    adaptive_sde_sample,
+    dpm_solver_pp_sample,
+    dpm_solver_sample,
+    heun_sample,
+)
 from .flow import ProbabilityFlowODE
+from .grids import GRIDS, KarrasGrid, LogSNRGrid, QuadraticGrid, TimeGrid, UniformGrid, time_grid
+from .likelihood import (
+    BitsPerDimResult,
+    DatasetBitsPerDim,
+    LikelihoodResult,
+    bits_per_dim,
+    dataset_bits_per_dim,
+    log_likelihood,
+)
 from .parametrizations import denoiser_from_score, eps_from_score, score_from_denoiser, score_from_eps
 from .reverse import IncrementBrownian, ReverseSDE
 from .samplers import CORRECTORS, PREDICTORS, pc_sample
@@ -58,6 +77,29 @@ __all__ = [
     "eps_from_score",
     "score_from_denoiser",
     "denoiser_from_score",
+    # exact likelihood through the probability-flow ODE (sdescore.likelihood)
+    "log_likelihood",
+    "bits_per_dim",
+    "dataset_bits_per_dim",
+    "LikelihoodResult",
+    "BitsPerDimResult",
+    "DatasetBitsPerDim",
+    # fast samplers and time grids (sdescore.fast, sdescore.grids)
+    "heun_sample",
+    "dpm_solver_sample",
+    "dpm_solver_pp_sample",
+    "adaptive_sde_sample",
+    "adaptive_ode_sample",
+    "FixedStepSampler",
+    "AdaptiveSampler",
+    "FAST_SAMPLERS",
+    "time_grid",
+    "TimeGrid",
+    "UniformGrid",
+    "QuadraticGrid",
+    "KarrasGrid",
+    "LogSNRGrid",
+    "GRIDS",
     # objectives and the discrete special cases (sdescore.losses, sdescore.discrete)
     "dsm_loss",
     "eps_loss",

@@ -26,7 +26,7 @@ class NonFiniteError(FloatingPointError, ValueError):
 class CheckedScore:
     """Wrap score_fn(x, t): check its output's shape and dtype, count evaluations, and note non-finite ones.
 
-    Finiteness is recorded per evaluation as a device tensor (no host synchronisation per call) and resolved
+    Finiteness is recorded per evaluation as a device scalar (no host synchronisation per call) and resolved
     once by `raise_if_nonfinite`, which names the step and the time where NaN or inf first appeared.
     """
 
@@ -35,13 +35,13 @@ class CheckedScore:
             raise TypeError(f"{name} must be callable as {name}(x, t), got {type(score_fn).__name__}.")
         self.score_fn = score_fn
         self.name = name
-        self._finite: list[Tensor] = []
+        self._sums: list[Tensor] = []
         self._when: list[float | Tensor] = []
 
     @property
     def nfe(self) -> int:
         """Score evaluations made so far."""
-        return len(self._finite)
+        return len(self._sums)
 
     def __call__(self, x: Tensor, t: Tensor, when: float | Tensor | None = None) -> Tensor:
         """Evaluate the score at x (B, *dims) and times t (B,); `when` is the scalar time to report (default t[0])."""
@@ -55,19 +55,22 @@ class CheckedScore:
             )
         if s.dtype != x.dtype:
             raise TypeError(f"{self.name} returned dtype {s.dtype} for x of dtype {x.dtype}; return x's dtype.")
-        self._finite.append(torch.isfinite(s).all())
-        self._when.append(t[0].detach().clone() if when is None else when)
+        # One reduction per call, resolved later: the float64 sum is finite exactly when every entry is (it
+        # cannot overflow for finite float32/bf16 entries), and t is kept by reference, read only on failure.
+        self._sums.append(s.detach().sum(dtype=torch.float64))
+        self._when.append(t if when is None else when)
         return s
 
     def first_nonfinite(self) -> tuple[int, float] | None:
         """(evaluation index, time) of the first non-finite score, or None. Synchronises once."""
-        if not self._finite:
+        if not self._sums:
             return None
-        finite = torch.stack(self._finite)
+        finite = torch.isfinite(torch.stack(self._sums))
         if bool(finite.all()):
             return None
         k = int((~finite).nonzero()[0, 0])
-        return k, float(self._when[k])
+        when = self._when[k]
+        return k, float(when.reshape(-1)[0]) if isinstance(when, Tensor) else float(when)
 
     def raise_if_nonfinite(self, x: Tensor, where: str, step_of: Callable[[int, float], int]) -> None:
         """Raise NonFiniteError if a score, or the final state x, was non-finite.

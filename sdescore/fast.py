@@ -404,7 +404,10 @@ def heun_sample(
         eps: the final time.
         generator: the source of the churn noise.
         denoise: return Tweedie's E[x0 | x_eps] (one more evaluation: EDM's last Euler step to sigma = 0).
-        S_churn, S_tmin, S_tmax, S_noise: EDM's stochasticity parameters; S_tmin and S_tmax are noise levels sigma.
+        S_churn: EDM's total churn: each step in [S_tmin, S_tmax] raises sigma by gamma = min(S_churn / n, sqrt(2) - 1).
+        S_tmin: the lowest noise level sigma that is churned.
+        S_tmax: the highest noise level sigma that is churned.
+        S_noise: the scale of the added noise (slightly above 1 offsets the denoiser's loss of detail).
     Returns:
         SampleResult(x at t = eps, or E[x0 | x_eps] with denoise; nfe).
     """
@@ -563,7 +566,8 @@ def adaptive_sde_sample(
     Brownian path and removes the bias.
 
     Args:
-        rtol, atol: the mixed tolerance (atol in the units of the data: 0.0078 is 2/256 for images in [-1, 1]).
+        rtol: the relative part of the mixed tolerance atol + rtol |x|.
+        atol: the absolute part, in the units of the data (0.0078 is 2/256 for images in [-1, 1]).
         h_init: the first step size; safety, exponent: the step-size controller.
         redraw_rejected: reproduce the published noise redraw (biased) instead of the Brownian bridge.
         max_evals: raise instead of running past this many score evaluations.

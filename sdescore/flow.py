@@ -51,8 +51,8 @@ class ProbabilityFlowODE:
         """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 at times t of shape (B,), unchecked (the solvers' entry)."""
         t64 = t.to(torch.float64)
         g = self.sde.g(t64)
-        s = (score or self.score_fn)(x, t.to(x.dtype))
-        return self.sde.f(x, t64) - 0.5 * batch_view(g * g, x) * s
+        s = (score or self.score_fn)(x, t64.to(x.dtype))
+        return torch.addcmul(self.sde.f(x, t64), batch_view(g * g, x), s, value=-0.5)
 
     def __call__(self, t: Tensor | float, x: Tensor) -> Tensor:
         """torchdiffeq's signature func(t, y): t a scalar in [0, T], x of shape (B, *dims)."""

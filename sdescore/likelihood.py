@@ -373,7 +373,10 @@ def log_likelihood(
             probe), or a `TraceEstimator`.
         probe: 'rademacher' or 'gaussian' (or an object with `draw`): Hutchinson's probe law.
         n_probes: Hutchinson probes per sample, drawn once and held fixed along the trajectory; the estimate averages them.
-        method, rtol, atol: torchdiffeq method and tolerances; fixed-step methods take `steps` (uniform in tau).
+        method: a torchdiffeq method; fixed-step methods take `steps` (uniform in tau).
+        rtol: relative tolerance of the adaptive methods.
+        atol: absolute tolerance of the adaptive methods.
+        steps: the number of steps of a fixed-step method.
         eps: the starting time; logp is the density of the law at t = eps.
         time_variable: 'vp', 'log_sigma', 't', a `TimeVariable`, or None (automatic, see above).
         prior_logp: callable z -> (B,) log-density at T; default `sde.prior_logp` (the exact law at T in tests).
@@ -544,7 +547,8 @@ def bits_per_dim(
     With Hutchinson traces the bounds hold in expectation over the probes as well.
 
     Args:
-        sde, score_fn: the model, as for `log_likelihood`.
+        sde: the forward SDE, as for `log_likelihood`.
+        score_fn: the score model score_fn(x, t), as for `log_likelihood`.
         x_int: (B, *dims) integer tensor (uint8, int64, ...) with values in [0, n_bins).
         n_bins: number of levels per dimension (256 for 8-bit data).
         data_range: (low, high), reals or tensors broadcastable to dims (per-channel maps).

@@ -184,7 +184,8 @@ def pc_sample(
         sde: the forward SDE.
         score_fn: score(x, t) with x of shape (B, *dims) and t of shape (B,), returning x's shape.
         shape: (B, *dims) of the samples (None when x_T is given).
-        predictor, corrector: a name from PREDICTORS / CORRECTORS, or an object with the same interface.
+        predictor: a name from PREDICTORS, or an object with the same interface.
+        corrector: a name from CORRECTORS, or an object with the same interface.
         snr: signal-to-noise ratio r of the Langevin step-size rule.
     Returns:
         SampleResult(x of shape (B, *dims) at t = eps, nfe score evaluations).
