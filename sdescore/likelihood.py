@@ -85,7 +85,8 @@ class BitsPerDimResult:
     bpd: (B,) mean over the n_dequant draws of the per-draw bits/dim; each draw is an unbiased estimate of
         the variational (dequantization) bound E_u[-log2 p(x + u)] / D, an upper bound on the discrete bits/dim.
     bpd_iw: (B,) importance-weighted bound -log2(mean_k p(x + u_k)) / D; bpd_iw <= bpd, and in expectation it
-        decreases with n_dequant towards the discrete model's bits/dim (Burda et al. 2016).
+        decreases with n_dequant towards the discrete model's bits/dim (Burda et al. 2016) when logp is exact
+        (trace='exact'); Hutchinson noise biases it downwards.
     draws: (B, n_dequant) bits/dim of each dequantization draw.
     nfe: score evaluations made (all draws are integrated as one batch).
     """
@@ -359,8 +360,10 @@ def log_likelihood(
     nothing returned carries a graph. The score is evaluated only at times in [eps, T].
 
     The solver runs in `time_variable` tau with the state w = c(t) x (`TIME_VARIABLES`). The default, 'vp'
-    for every SDE with a kernel and `t_from_log_snr` ('t' otherwise), integrates in the time of the reference
-    VP-SDE (beta 0.1 -> 20) at the same log-SNR, in the variance-preserving frame; see docs/theory/likelihood.md
+    for every SDE that implements `kernel`, `log_snr` and `t_from_log_snr` ('t' for one that raises
+    NotImplementedError there; one whose log-SNR does not decrease, or whose inverse does not invert it, gets a
+    ValueError), integrates in the time of the reference VP-SDE (beta 0.1 -> 20) at the same log-SNR, in the
+    variance-preserving frame; see docs/theory/likelihood.md
     for why and for the measured numbers of evaluations. tol: rtol and atol apply to (w, delta_logp), each
     with torchdiffeq's RMS norm over the batch; the error in logp is typically a few times atol + rtol |delta_logp|.
 
@@ -544,7 +547,9 @@ def bits_per_dim(
     centered data ([-1, 1], inverse_scaler(-1) = 0) and 8 = log2(256 / 1) for [0, 1] data (inverse_scaler(-1) = -1),
     right for those two ranges only. Without dequantization (u = 0, or the data taken at bin corners) the
     continuous density can grow without bound on the 256^D grid points, which is how negative bits/dim arise.
-    With Hutchinson traces the bounds hold in expectation over the probes as well.
+    With Hutchinson traces `bpd` is unbiased over the probes (it is linear in logp), but `bpd_iw` is not: the
+    log-mean-exp over the K draws is convex, so probe noise lowers it in expectation and it can fall below the
+    discrete model's bits/dim; use trace='exact' (or many probes) when the importance-weighted bound matters.
 
     Args:
         sde: the forward SDE, as for `log_likelihood`.

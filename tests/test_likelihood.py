@@ -119,7 +119,7 @@ def test_latent_is_the_closed_form_flow_of_a_gaussian(sde):
     assert float((exact.logp - truth).abs().max()) < 1e-6
 
 
-def test_the_default_time_variable_needs_a_third_fewer_evaluations_than_log_sigma():
+def test_the_default_time_variable_needs_a_quarter_fewer_evaluations_than_log_sigma_and_t_for_ve():
     """The measured reason for the default: at equal tolerance 'vp' takes fewer score evaluations than 'log_sigma'
     (rho = -lambda / 2) and than the VE-SDE's own time; see docs/theory/likelihood.md."""
     sde, score, x, _, _ = _setup("VE", 2, n=16)
