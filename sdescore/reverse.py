@@ -129,13 +129,13 @@ class ReverseSDE:
         self.event_shape = None if event_shape is None else tuple(event_shape)
         self.sde_type = sde_type
         self._score = score_fn if isinstance(score_fn, CheckedScore) else CheckedScore(score_fn)
-        self._memo: tuple[Tensor, float, Tensor, Tensor] | None = None
+        self._memo: tuple[Tensor, float, Tensor, float] | None = None
 
     def __repr__(self) -> str:
         return f"ReverseSDE({self.sde!r}, probability_flow={self.probability_flow})"
 
     # ------------------------------------------------------------------ torchsde interface
-    def _drift_and_g(self, s: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _drift_and_g(self, s: Tensor, y: Tensor) -> tuple[Tensor, float]:
         # torchsde probes f once at (ts[0], y0) for shapes before integrating from the same point:
         # answer the repeat from a one-entry memo so that every score evaluation is one the solver uses.
         t_value = self.sde.T - float(s)
@@ -145,14 +145,15 @@ class ReverseSDE:
         B = y.shape[0]
         x = y.reshape(B, *(self.event_shape or y.shape[1:]))
         t = torch.full((B,), t_value, dtype=torch.float64, device=y.device)
-        g = self.sde.g(t).to(y.dtype)
-        g2 = batch_view(g * g, x)
+        # g(t) is shared by the batch: evaluated once, on the host, it enters as a Python scalar (no device
+        # tensor, no broadcast, no synchronisation).
+        g = float(self.sde.g(torch.full((1,), t_value, dtype=torch.float64))[0])
         score = self._score(x, t.to(x.dtype), t_value)
         if self.probability_flow:  # solver-time drift -(f - g^2 s / 2), zero noise
-            drift = (0.5 * g2) * score - self.sde.f(x, t)
-            g = torch.zeros_like(g)
+            drift = (score * (0.5 * g * g)).sub_(self.sde.f(x, t))
+            g = 0.0
         else:  # solver-time drift -(f - g^2 s)
-            drift = g2 * score - self.sde.f(x, t)
+            drift = (score * (g * g)).sub_(self.sde.f(x, t))
         out = drift.reshape(B, -1), g
         self._memo = (y, t_value, *out)
         return out
@@ -170,7 +171,7 @@ class ReverseSDE:
 
     def f_and_g_prod(self, s: Tensor, y: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         drift, g = self._drift_and_g(s, y)
-        return drift, g[:, None] * v
+        return drift, v * g
 
     # ------------------------------------------------------------------ sampling
     def sample(
