@@ -101,13 +101,10 @@ def start(cfg: SimpleNamespace) -> Run:
     elif "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it; otherwise share the CPUs between local processes
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    info = sds.setup_distributed()
-    device = info.device if cfg.device is None else torch.device(cfg.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise SystemExit("--device cuda was asked for but CUDA is not available; use --device cpu.")
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank)
+    if cfg.device is not None and torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for but CUDA is not available; use --device cpu.")
+    info = sds.setup_distributed(cfg.device)  # gloo for --device cpu, nccl on GPUs
+    device = info.device
     out = Path(cfg.out)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -244,3 +244,16 @@ def test_setup_rejects_a_malformed_torchrun_environment(monkeypatch, env, match)
         monkeypatch.setenv(var, value)
     with pytest.raises(ValueError, match=match):
         setup_distributed()
+
+
+def test_setup_on_the_cpu_chooses_the_cpu_and_rejects_an_unknown_device(monkeypatch):
+    from sdescore.training import setup_distributed
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert setup_distributed("cpu").device == torch.device("cpu")
+    with pytest.raises(ValueError, match="device must be None, 'cpu' or 'cuda'"):
+        setup_distributed("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            setup_distributed("cuda")

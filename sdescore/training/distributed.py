@@ -7,6 +7,7 @@ sets none of them and runs as a single process.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -46,19 +47,34 @@ def _default_device(local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def setup_distributed() -> DistributedInfo:
+def setup_distributed(device: str | torch.device | None = None) -> DistributedInfo:
     """Join the process group that torchrun describes ('nccl' on CUDA, else 'gloo'); a single process otherwise.
 
     Reads RANK, WORLD_SIZE and LOCAL_RANK; with WORLD_SIZE > 1 it calls init_process_group (env://
     rendezvous through MASTER_ADDR and MASTER_PORT) and selects the GPU LOCAL_RANK. Call once at the start
     of a script and `teardown_distributed()` at its end.
+
+    Args:
+        device: None (default) for the GPU LOCAL_RANK when CUDA is available, else the CPU; 'cpu' to train on
+            the CPU with gloo even on a machine with GPUs; 'cuda' for the GPU LOCAL_RANK with nccl.
     """
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"RANK={rank} and WORLD_SIZE={world_size} are inconsistent; launch with torchrun.")
-    device = _default_device(local_rank)
+    if device is None:
+        device = _default_device(local_rank)
+    else:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}.") from err
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}.")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but CUDA is not available; pass device='cpu'.")
+        device = torch.device("cuda", local_rank) if kind == "cuda" else torch.device("cpu")
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise ValueError(
@@ -68,17 +84,23 @@ def setup_distributed() -> DistributedInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return current_distributed()
+    return dataclasses.replace(current_distributed(), device=device)
 
 
 def current_distributed() -> DistributedInfo:
-    """This process's rank, world size, local rank and default device (rank 0 of 1 without a process group)."""
+    """This process's rank, world size, local rank and default device (rank 0 of 1 without a process group).
+
+    In a gloo process group the device is the CPU (the group cannot reduce CUDA tensors), else the GPU
+    LOCAL_RANK when CUDA is available.
+    """
     if dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
+        on_cpu = dist.get_backend() == "gloo"
     else:
-        rank, world_size = 0, 1
+        rank, world_size, on_cpu = 0, 1, False
     local_rank = _env_int("LOCAL_RANK", 0) if world_size > 1 else 0
-    return DistributedInfo(rank, world_size, local_rank, _default_device(local_rank))
+    device = torch.device("cpu") if on_cpu else _default_device(local_rank)
+    return DistributedInfo(rank, world_size, local_rank, device)
 
 
 def teardown_distributed() -> None:
