@@ -30,6 +30,13 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files: no display, wha
 # ---------------------------------------------------------------------------------------------- command line
 
 
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the image examples: which dataset, where its files are, how many images each sampler draws."""
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help="images to train on (default digits)")
+    parser.add_argument("--data-dir", type=Path, help="folder of the dataset's files (not needed for digits)")
+    parser.add_argument("--n-samples", type=int, help="images drawn by each sampler")
+
+
 def make_parser(doc: str, name: str, presets: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
     """The flags every example shares; a script adds its own before `parse`."""
     first, _, rest = doc.strip().partition("\n\n")

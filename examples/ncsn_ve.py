@@ -26,7 +26,6 @@ Writes to --out (default out/ncsn_ve): samples_*.png, data.png, loss.png, sample
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,9 +80,7 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 
 def main() -> int:
     parser = _common.make_parser(__doc__, NAME, PRESETS)
-    parser.add_argument("--dataset", choices=sorted(_common.DATASETS), help="images to train on (default digits)")
-    parser.add_argument("--data-dir", type=Path, help="folder of the dataset's files (not needed for digits)")
-    parser.add_argument("--n-samples", type=int, help="images drawn by each sampler")
+    _common.add_image_arguments(parser)
     parser.add_argument("--n-steps-each", type=int, help="Langevin steps per noise level")
     parser.add_argument("--step-lr", type=float, help="epsilon of Algorithm 1 (twice the reference code's step_lr)")
     cfg = _common.parse(parser, PRESETS)

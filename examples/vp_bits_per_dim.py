@@ -29,7 +29,6 @@ checkpoint.pt.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,9 +96,7 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 def main() -> int:
     parser = _common.make_parser(__doc__, NAME, PRESETS)
-    parser.add_argument("--dataset", choices=sorted(_common.DATASETS), help="images to train on (default digits)")
-    parser.add_argument("--data-dir", type=Path, help="folder of the dataset's files (not needed for digits)")
-    parser.add_argument("--n-samples", type=int, help="images drawn by each sampler")
+    _common.add_image_arguments(parser)
     parser.add_argument("--n-bpd", type=int, help="test images whose bits/dim are computed")
     cfg = _common.parse(parser, PRESETS)
     run = _common.start(cfg)

@@ -12,7 +12,6 @@ Stratonovich readings coincide and every torchsde method for diagonal noise appl
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torchsde
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from ._checks import check_data, check_eps, check_generator, check_int
 from ._score import CheckedScore, SampleResult
-from .sde import SDE, ScoreFn, batch_view
+from .sde import SDE, ScoreFn
 
 __all__ = ["ReverseSDE", "IncrementBrownian", "SDE_METHODS"]
 

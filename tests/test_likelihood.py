@@ -375,7 +375,7 @@ def test_per_channel_data_range_uses_each_channels_jacobian():
 
 
 def test_dataset_bits_per_dim_is_the_mean_over_batches_with_its_standard_error(capsys):
-    sde, n_bins = sds.VPSDE(), 256
+    sde = sds.VPSDE()
     gauss = single_gaussian(mean=[0.0, 0.0, 0.0], cov=[0.3, 0.3, 0.3])
     k = torch.randint(100, 156, (7, 3), generator=torch.Generator().manual_seed(0))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(k, torch.zeros(7)), batch_size=3)
@@ -473,7 +473,7 @@ def test_integers_outside_the_bins_are_rejected_and_inside_accepted_up_to_the_od
         with pytest.raises(Reached):
             bits_per_dim(sds.VPSDE(), score, x_int, n_bins=n_bins)
     else:
-        with pytest.raises(ValueError, match=f"n_bins"):
+        with pytest.raises(ValueError, match="n_bins"):
             bits_per_dim(sds.VPSDE(), score, x_int, n_bins=n_bins)
 
 

@@ -27,6 +27,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Lay out, write as PNG and close the figure; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def _grid(lim: float, n: int) -> tuple[Tensor, Tensor, Tensor]:
     u = torch.linspace(-lim, lim, n, dtype=torch.float64)
     X, Y = torch.meshgrid(u, u, indexing="ij")
@@ -64,11 +73,7 @@ def plot_score_field(
         ax.set_aspect("equal")
     axes[0][0].legend(loc="lower left", fontsize=7)
     fig.suptitle(title or "score field (arrows normalised by the analytic norm)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_samples(
@@ -107,11 +112,7 @@ def plot_samples(
         ax.plot(u.numpy(), marg.numpy(), color="tab:blue")
         ax.set_xlabel("x[0]")
     fig.suptitle(title or "samples (grey) against the exact density (blue)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_convergence(
@@ -132,8 +133,4 @@ def plot_convergence(
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.set_title(title or "convergence (dotted: theoretical slope)")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
