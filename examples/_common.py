@@ -143,12 +143,6 @@ def train_options(cfg: SimpleNamespace, run: Run) -> dict[str, Any]:
     )
 
 
-def loss_decreased(losses: list[float]) -> bool:
-    """The mean loss of the last tenth of the run lies below that of the first tenth (a run that learned something)."""
-    k = max(1, len(losses) // 10)
-    return len(losses) >= 2 and sum(losses[-k:]) / k < sum(losses[:k]) / k
-
-
 def sample_in_batches(sample: Callable[[int, int], sds.SampleResult], n: int, batch_size: int) -> sds.SampleResult:
     """n samples from calls sample(b, i) of at most batch_size each (i: the call's index, to seed it), on the CPU.
 
@@ -213,6 +207,15 @@ class Summary:
             value = value.item()
         self.figures[key] = value
         self.meanings[key] = meaning
+
+    def add_training(self, losses: list[float], what: str) -> None:
+        """The mean loss over the last tenth of training as `train_loss`, and a failure unless it lies below the
+        first tenth's (a run that learned nothing)."""
+        k = max(1, len(losses) // 10)
+        last = sum(losses[-k:]) / k
+        self.add("train_loss", last, f"{what} over the last tenth of training")
+        if not (len(losses) >= 2 and last < sum(losses[:k]) / k):
+            self.fail("the training loss did not decrease")
 
     def fail(self, message: str) -> None:
         """Record something badly wrong: the script then exits with status 1."""

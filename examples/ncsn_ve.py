@@ -106,10 +106,7 @@ def main() -> int:
         return 0
     summary = _common.Summary(NAME, cfg, run)
     ema = result.ema  # the EMA weights, in eval mode: the model to sample with
-    tail = result.losses[-max(1, len(result.losses) // 10):]
-    summary.add("train_loss", sum(tail) / len(tail), "NCSN loss (eq. 6) over the last tenth of training")
-    if not _common.loss_decreased(result.losses):
-        summary.fail("the training loss did not decrease")
+    summary.add_training(result.losses, "NCSN loss (eq. 6)")
     x_test = to_unit(test_set.images[:1000]).to(run.device)
     with torch.no_grad():
         test_loss = sds.ncsn_loss(ema, x_test, sigmas, generator=run.generator(cfg.seed + 1))

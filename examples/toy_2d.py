@@ -91,10 +91,7 @@ def main() -> int:
     if not run.is_main:  # under torchrun, rank 0 alone samples, evaluates and plots
         return 0
     summary = _common.Summary(NAME, cfg, run)
-    tail = result.losses[-max(1, len(result.losses) // 10):]
-    summary.add("train_loss", sum(tail) / len(tail), "DSM loss (sigma2 weighting) over the last tenth of training")
-    if not _common.loss_decreased(result.losses):
-        summary.fail("the training loss did not decrease")
+    summary.add_training(result.losses, "DSM loss (sigma2 weighting)")
 
     # ------------------------------------------------------------------ 3. sample with the learned and the exact score
     mixture = mixture.to(device=run.device)

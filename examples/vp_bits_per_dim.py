@@ -123,10 +123,7 @@ def main() -> int:
         return 0
     summary = _common.Summary(NAME, cfg, run)
     ema = result.ema  # the EMA weights, in eval mode: the model to sample and evaluate
-    tail = result.losses[-max(1, len(result.losses) // 10):]
-    summary.add("train_loss", sum(tail) / len(tail), "epsilon loss over the last tenth of training")
-    if not _common.loss_decreased(result.losses):
-        summary.fail("the training loss did not decrease")
+    summary.add_training(result.losses, "epsilon loss")
     x_test = to_model(k_test[:1000], n_levels).to(run.device)
     with torch.no_grad():
         test_loss = sds.eps_loss(sde, ema, x_test, generator=run.generator(cfg.seed + 1))

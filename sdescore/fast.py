@@ -448,8 +448,9 @@ def dpm_solver_sample(
     Other arguments as in `heun_sample`.
     """
     order = _check_order(order, (1, 2, 3))
-    if not isinstance(multistep, bool) or not isinstance(lower_order_final, bool):
-        raise TypeError("multistep and lower_order_final must be bools.")
+    for name, flag in (("multistep", multistep), ("lower_order_final", lower_order_final)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}.")
     method: _Method = (
         _Multistep(order, data_prediction=False, lower_order_final=lower_order_final)
         if multistep

@@ -648,7 +648,7 @@ def dataset_bits_per_dim(
     if bar is not None:
         bar.close()
     if not bpd:
-        raise ValueError("loader yielded no batches.")
+        raise ValueError("loader yielded no batches; expected at least one batch of integer images.")
     a, b = torch.cat(bpd), torch.cat(bpd_iw)
     n = a.shape[0]
 

@@ -97,7 +97,9 @@ class GaussianMixture:
             raise ValueError("means must have at least one coordinate, got shape (K, 0).")
         if S.shape == (K, d, d):
             if not torch.allclose(S, S.transpose(1, 2), rtol=1e-10, atol=1e-12):
-                raise ValueError("covs must be symmetric: covs[j] != covs[j].T for some j.")
+                j = int((S - S.transpose(1, 2)).abs().amax(dim=(1, 2)).argmax())
+                gap = float((S[j] - S[j].T).abs().max())
+                raise ValueError(f"covs must be symmetric; covs[{j}] differs from its transpose by up to {gap:.3g}.")
             lam, U = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))
             self.kind = "full"
         elif S.shape == (K, d):

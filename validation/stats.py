@@ -97,7 +97,8 @@ def sliced_ks_test(
 def energy_distance(x: Tensor, y: Tensor) -> float:
     """E(X, Y) = 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Székely & Rizzo 2004), the V-statistic; 0 iff the laws agree."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError("x and y must be tensors of shape (n, d) and (m, d) with the same d.")
+        shapes = [tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for v in (x, y)]
+        raise ValueError(f"x and y must be tensors of shape (n, d) and (m, d) with the same d, got {shapes[0]} and {shapes[1]}.")
     x, y = x.to(torch.float64), y.to(torch.float64)
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
 
