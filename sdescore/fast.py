@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -489,48 +490,50 @@ def dpm_solver_pp_sample(
 class _BrownianStack:
     """Per-sample Brownian increments that stay on one path when steps are rejected (Rackauckas & Nie 2017, RSwM1).
 
-    A rejected step (h, W) is split by the Brownian bridge: the retried step h' < h gets
+    A rejected step (h, W) is split by the Brownian bridge (`_bridge`): the retried step h' < h gets
     W' ~ N((h'/h) W, h'(h - h')/h I) and the rest (h - h', W - W') is pushed on the sample's stack, to be used
     before any fresh noise. The path is then a true Brownian path whatever the accept/reject decisions, so the
-    law of the solution does not depend on the tolerance through the rejections.
+    law of the solution does not depend on the tolerance through the rejections. The interval lengths live on
+    the host with the step-size controller (float64 numpy), the increments on the state's device; rows are
+    addressed by index, so only the samples that were rejected or hold a stacked interval are touched.
     """
 
-    def __init__(self, like: Tensor, generator: torch.Generator | None):
+    def __init__(self, like: Tensor):
         B = like.shape[0]
-        self.generator = generator
-        self.h = torch.zeros(B, 4, dtype=torch.float64, device=like.device)
-        self.W = torch.zeros(B, 4, *like.shape[1:], dtype=like.dtype, device=like.device)
-        self.depth = torch.zeros(B, dtype=torch.long, device=like.device)
+        self.h = np.zeros((B, 2))
+        self.depth = np.zeros(B, dtype=np.int64)
+        self.W = like.new_zeros((B, 2, *like.shape[1:]))
 
-    def randn_like(self, x: Tensor) -> Tensor:
-        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+    def push(self, idx: np.ndarray, h: np.ndarray, W: Tensor) -> None:
+        """Push the intervals (h[i], W[i]) on the stacks of the samples idx[i]."""
+        d = self.depth[idx]
+        if int(d.max()) + 1 > self.h.shape[1]:  # grow the stacks
+            self.h = np.concatenate([self.h, np.zeros_like(self.h)], 1)
+            self.W = torch.cat([self.W, torch.zeros_like(self.W)], 1)
+        self.h[idx, d] = h
+        self.W[_on(idx, W), _on(d, W)] = W
+        self.depth[idx] = d + 1
 
-    def split(self, mask: Tensor, h: Tensor, W: Tensor, h_new: Tensor, xi: Tensor) -> tuple[Tensor, Tensor]:
-        """For samples in mask, cut (h, W) at h_new < h: return the first part and push the rest."""
-        frac = batch_view(h_new / h, W)
-        W_new = frac * W + batch_view(torch.sqrt(h_new * (h - h_new) / h), W) * xi
-        idx = mask.nonzero().squeeze(1)
-        if idx.numel():
-            if int(self.depth.max()) + 1 > self.h.shape[1]:  # grow the stacks
-                self.h = torch.cat([self.h, torch.zeros_like(self.h)], 1)
-                self.W = torch.cat([self.W, torch.zeros_like(self.W)], 1)
-            d = self.depth[idx]
-            self.h[idx, d] = (h - h_new)[idx]
-            self.W[idx, d] = (W - W_new)[idx]
-            self.depth[idx] += 1
-        m = batch_view(mask, W).bool()
-        return torch.where(mask, h_new, h), torch.where(m, W_new, W)
+    def pop(self, idx: np.ndarray) -> tuple[np.ndarray, Tensor]:
+        """Pop the top interval (h, W) of the stacks of the samples idx (each non-empty)."""
+        d = self.depth[idx] - 1
+        self.depth[idx] = d
+        return self.h[idx, d], self.W[_on(idx, self.W), _on(d, self.W)]
 
-    def pop(self, mask: Tensor, h: Tensor, W: Tensor) -> tuple[Tensor, Tensor]:
-        """For samples in mask (with a non-empty stack), replace (h, W) by the top of their stack."""
-        idx = mask.nonzero().squeeze(1)
-        if idx.numel():
-            d = self.depth[idx] - 1
-            h, W = h.clone(), W.clone()
-            h[idx] = self.h[idx, d]
-            W[idx] = self.W[idx, d]
-            self.depth[idx] = d
-        return h, W
+
+def _on(a: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """A host array as a tensor on like's device (zero-copy on the CPU), cast to dtype if given."""
+    return torch.from_numpy(a).to(device=like.device, dtype=dtype)
+
+
+def _bridge(h: np.ndarray, W: Tensor, h_new: np.ndarray, xi: Tensor) -> Tensor:
+    """W' at h_new < h on the Brownian bridge of the increment (h, W): N((h_new/h) W, h_new (h - h_new)/h I).
+
+    h, h_new: (n,) host arrays; W, xi: (n, *dims), xi standard normal.
+    """
+    frac = h_new / h
+    c = _on(np.stack([frac, np.sqrt(h_new * (1.0 - frac))]), W, W.dtype)
+    return batch_view(c[0], W) * W + batch_view(c[1], W) * xi
 
 
 def adaptive_sde_sample(
@@ -558,13 +561,16 @@ def adaptive_sde_sample(
         delta = max(atol, rtol max(|x'|, |x'_prev|)),    E = ||(x' - x'') / delta||_2 / sqrt(D)
     accept if E <= 1 (keeping the higher-order x'': extrapolation); the next step is
     h <- min(t - eps, safety h E^{-exponent}). Two score evaluations per iteration on the whole batch
-    (samples already at eps are evaluated but frozen).
+    (samples already at eps are evaluated with h = 0 and W = 0, which leaves them unchanged).
 
     The published algorithm draws a fresh W after a rejection (redraw_rejected=True). That selects the
     increments by their size, and since delta grows with |x'| the accepted moves lean outwards: the law is
     biased, more so as the tolerance tightens (docs/theory/fast_samplers.md shows the measurement). By default
     the retry takes W from the Brownian bridge of the rejected increment (`_BrownianStack`), which keeps one
     Brownian path and removes the bias.
+
+    The sampler's own work is some twenty whole-batch tensor operations and one Gaussian draw per iteration,
+    one host synchronisation, and indexed updates of the rejected samples only (bench/samplers.py measures it).
 
     Args:
         rtol: the relative part of the mixed tolerance atol + rtol |x|.
@@ -586,68 +592,83 @@ def adaptive_sde_sample(
     score = CheckedScore(score_fn)
     B, D = x.shape[0], x[0].numel()
     f64 = dict(dtype=torch.float64, device=x.device)
-    brownian = _BrownianStack(x, generator)
-    t = torch.full((B,), sde.T, **f64)
-    h = torch.full((B,), min(h_init, sde.T - eps), **f64)
-    W = batch_view(torch.sqrt(h), x) * brownian.randn_like(x)
-    x_prev = x
+    ones = (1,) * (x.ndim - 1)
+
+    def col(c: Tensor) -> Tensor:  # (B,) -> (B, 1, ..., 1), no cast (masks stay bool)
+        return c.reshape(B, *ones)
+
+    def randn() -> Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+    # The per-sample step-size control runs on the host in float64 numpy: one device -> host copy (E) and a few
+    # small host -> device copies per iteration; the state, the noise and the score stay on x's device.
+    stack = _BrownianStack(x)
+    t = np.full(B, float(sde.T))
+    h = np.full(B, min(h_init, sde.T - eps))
+    W = col(_on(np.sqrt(h), x, x.dtype)) * randn()
+    abs_prev = x.abs()
+    # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2
+    floor, scale = atol / rtol, 1.0 / (2.0 * rtol * math.sqrt(D))
     iterations = 0
-
-    def drift(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-        g = sde.g(t)
-        s = score(x, t.to(x.dtype))
-        return sde.f(x, t) - batch_view(g * g, x) * s, g
-
     while True:
-        active = t > eps
-        if not bool(active.any()):
-            break
         if score.nfe + 2 > max_evals:
             raise RuntimeError(
                 f"adaptive_sde_sample: {score.nfe} score evaluations without reaching eps={eps} (largest t = "
-                f"{float(t.max()):.4g}); loosen rtol/atol or raise max_evals."
+                f"{t.max():.4g}); loosen rtol/atol or raise max_evals."
             )
         iterations += 1
-        # Samples already at eps are evaluated with them (one batched call) but take no step.
-        h = torch.where(active, h, torch.zeros_like(h))
-        W = torch.where(batch_view(active, x).bool(), W, torch.zeros_like(W))
-        hb = batch_view(h, x)
-        b1, g1 = drift(x, t)
-        x1 = x - hb * b1 + batch_view(g1, x) * W
-        b2, g2 = drift(x1, t - h)
-        x2 = 0.5 * (x1 + x - hb * b2 + batch_view(g2, x) * W)
-        delta = torch.clamp(rtol * torch.maximum(x1.abs(), x_prev.abs()), min=atol)
-        E = ((x1 - x2) / delta).flatten(1).pow(2).sum(1).div(D).sqrt().to(torch.float64)
-        if not bool(torch.isfinite(E[active]).all()):
-            score.raise_if_nonfinite(x2, "adaptive_sde_sample", lambda k, _t: k // 2)
+        t_next = t - h
+        th = _on(np.stack([t, t_next, h]), x)  # (3, B) float64 on the device
+        g = sde.g(th[:2].reshape(-1)).reshape(2, B)  # g(t), g(t - h) in one call
+        hg2 = th[2] * g * g
+        # per-sample coefficients, cast once: h, h g(t)^2, g(t), h g(t-h)^2, g(t-h), t, t - h
+        c = torch.stack([th[2], hg2[0], g[0], hg2[1], g[1], th[0], th[1]]).to(x.dtype)
+        hb, k1, g1b, k2, g2b = (col(ci) for ci in c[:5])
+        s1 = score(x, c[5])
+        x1 = torch.addcmul(torch.addcmul(x, hb, sde.f(x, th[0]), value=-1.0), k1, s1).addcmul_(g1b, W)
+        s2 = score(x1, c[6])
+        xt = torch.addcmul(torch.addcmul(x, hb, sde.f(x1, th[1]), value=-1.0), k2, s2).addcmul_(g2b, W)
+        diff = x1 - xt
+        a1 = x1.abs()
+        E = torch.linalg.vector_norm(diff.div_(torch.maximum(a1, abs_prev).clamp_min_(floor)).flatten(1), dim=1)
+        E = E.to(torch.float64).cpu().numpy() * scale  # the one synchronisation of the iteration
+        if not np.isfinite(E).all():
+            score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
             raise NonFiniteError(f"adaptive_sde_sample: the error estimate is non-finite at iteration {iterations}.")
-        accept = active & (E <= 1.0)
-        reject = active & ~accept
-        a = batch_view(accept, x).bool()
-        x = torch.where(a, x2, x)
-        x_prev = torch.where(a, x1, x_prev)
-        t = torch.where(accept, t - h, t)
-        t = torch.where(t - eps < 1e-12, torch.full_like(t, eps), t)  # land exactly on eps
-        h_ctrl = safety * h * E.clamp(min=1e-10).pow(-exponent)
-        xi = brownian.randn_like(x)
-        # Rejected: retry on [t - h', t] with h' < h.
-        h_retry = torch.minimum(h_ctrl, 0.99 * h)
-        if redraw_rejected:
-            h = torch.where(reject, h_retry, h)
-            W = torch.where(batch_view(reject, x).bool(), batch_view(torch.sqrt(h), x) * xi, W)
-        else:
-            h, W = brownian.split(reject, h, W, h_retry, xi)
-        # Accepted and not done: the next interval comes from the stack if there is one, else it is fresh.
-        going = accept & (t > eps)
-        stacked = going & (brownian.depth > 0)
-        fresh = going & ~stacked
-        h_next = torch.minimum(h_ctrl, (t - eps).clamp(min=0.0))
-        h_pop, W_pop = brownian.pop(stacked, h, W)
-        cut = stacked & (h_next < h_pop)
-        h_pop, W_pop = brownian.split(cut, h_pop, W_pop, torch.where(cut, h_next, h_pop), xi)
-        h = torch.where(stacked, h_pop, torch.where(fresh, h_next, h))
-        W_fresh = batch_view(torch.sqrt(h), x) * xi
-        W = torch.where(batch_view(stacked, x).bool(), W_pop, torch.where(batch_view(fresh, x).bool(), W_fresh, W))
+        accept = E <= 1.0
+        ca = col(_on(accept, x))
+        x = torch.where(ca, torch.lerp(x1, xt, 0.5), x)
+        abs_prev = torch.where(ca, a1, abs_prev)
+        t = np.where(accept, t_next, t)
+        t[t - eps < 1e-12] = eps  # land exactly on eps
+        h_ctrl = safety * h * np.maximum(E, 1e-10) ** -exponent
+        # rejected: retry on [t - h', t] with h' < h; accepted: the next step (0 once at eps, which freezes the sample)
+        h_new = np.where(accept, np.minimum(h_ctrl, t - eps), np.minimum(h_ctrl, 0.99 * h))
+        xi = randn()
+        W_new = col(_on(np.sqrt(h_new), x, x.dtype)) * xi
+        if not redraw_rejected:
+            r = np.flatnonzero(~accept)
+            if r.size:  # bridge the rejected increments, stack the rest
+                rd = _on(r, x)
+                Wr = W[rd]
+                Wn = _bridge(h[r], Wr, h_new[r], xi[rd])
+                stack.push(r, h[r] - h_new[r], Wr - Wn)
+                W_new[rd] = Wn
+            s = np.flatnonzero(accept & (t > eps) & (stack.depth > 0))
+            if s.size:  # accepted with a stacked interval: take it, cut to h_new if it is longer
+                hp, Wp = stack.pop(s)
+                hn = h_new[s]
+                cut = np.flatnonzero(hn < hp)
+                if cut.size:
+                    cd = _on(cut, x)
+                    Wc = _bridge(hp[cut], Wp[cd], hn[cut], xi[_on(s[cut], x)])
+                    stack.push(s[cut], hp[cut] - hn[cut], Wp[cd] - Wc)
+                    Wp[cd] = Wc
+                h_new[s] = np.minimum(hp, hn)
+                W_new[_on(s, x)] = Wp
+        h, W = h_new, W_new
+        if not (t > eps).any():
+            break
     if denoise:
         node_t = torch.full((B,), eps, **f64)
         alpha, std = sde.kernel(node_t)

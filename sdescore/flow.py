@@ -20,13 +20,15 @@ import torch
 import torchdiffeq
 from torch import Tensor
 
+from . import _tsit5
 from ._checks import check_data, check_eps, check_int, check_real
 from ._score import CheckedScore, SampleResult
 from .sde import SDE, ScoreFn, batch_view
 
 __all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS"]
 
-ADAPTIVE_METHODS = ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+# torchdiffeq's adaptive methods, and Tsitouras' 5(4) pair added to its table where its internals allow (_tsit5)
+ADAPTIVE_METHODS = (("tsit5",) if _tsit5.register() else ()) + ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
 

@@ -340,7 +340,7 @@ def log_likelihood(
     trace: str | TraceEstimator = "exact",
     probe: str | Any = "rademacher",
     n_probes: int = 1,
-    method: str = "dopri5",
+    method: str = "tsit5",
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float = 1e-5,
@@ -376,7 +376,9 @@ def log_likelihood(
             probe), or a `TraceEstimator`.
         probe: 'rademacher' or 'gaussian' (or an object with `draw`): Hutchinson's probe law.
         n_probes: Hutchinson probes per sample, drawn once and held fixed along the trajectory; the estimate averages them.
-        method: a torchdiffeq method; fixed-step methods take `steps` (uniform in tau).
+        method: a torchdiffeq method; fixed-step methods take `steps` (uniform in tau). The default 'tsit5' is
+            Tsitouras' 5(4) pair, which sdescore adds to torchdiffeq's table (`sdescore._tsit5`): the cost of a
+            step is that of 'dopri5' (six evaluations), and it reaches the same accuracy with 10–25 % fewer.
         rtol: relative tolerance of the adaptive methods.
         atol: absolute tolerance of the adaptive methods.
         steps: the number of steps of a fixed-step method.
