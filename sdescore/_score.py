@@ -35,13 +35,13 @@ class CheckedScore:
             raise TypeError(f"{name} must be callable as {name}(x, t), got {type(score_fn).__name__}.")
         self.score_fn = score_fn
         self.name = name
-        self._sums: list[Tensor] = []
+        self._ranges: list[tuple[Tensor, Tensor]] = []
         self._when: list[float | Tensor] = []
 
     @property
     def nfe(self) -> int:
         """Score evaluations made so far."""
-        return len(self._sums)
+        return len(self._ranges)
 
     def __call__(self, x: Tensor, t: Tensor, when: float | Tensor | None = None) -> Tensor:
         """Evaluate the score at x (B, *dims) and times t (B,); `when` is the scalar time to report (default t[0])."""
@@ -55,17 +55,18 @@ class CheckedScore:
             )
         if s.dtype != x.dtype:
             raise TypeError(f"{self.name} returned dtype {s.dtype} for x of dtype {x.dtype}; return x's dtype.")
-        # One reduction per call, resolved later: the float64 sum is finite exactly when every entry is (it
-        # cannot overflow for finite float32/bf16 entries), and t is kept by reference, read only on failure.
-        self._sums.append(s.detach().sum(dtype=torch.float64))
+        # One reduction per call, resolved later: min and max are both finite exactly when every entry is (NaN
+        # propagates to both, +inf shows in max, -inf in min; no overflow is possible), and t is kept by
+        # reference, read only on failure.
+        self._ranges.append(torch.aminmax(s.detach()))
         self._when.append(t if when is None else when)
         return s
 
     def first_nonfinite(self) -> tuple[int, float] | None:
         """(evaluation index, time) of the first non-finite score, or None. Synchronises once."""
-        if not self._sums:
+        if not self._ranges:
             return None
-        finite = torch.isfinite(torch.stack(self._sums))
+        finite = torch.isfinite(torch.stack([v for r in self._ranges for v in r]).reshape(-1, 2)).all(1)
         if bool(finite.all()):
             return None
         k = int((~finite).nonzero()[0, 0])

@@ -594,7 +594,7 @@ def adaptive_sde_sample(
     f64 = dict(dtype=torch.float64, device=x.device)
     ones = (1,) * (x.ndim - 1)
 
-    def col(c: Tensor) -> Tensor:  # (B,) -> (B, 1, ..., 1), no cast (masks stay bool)
+    def col(c: Tensor) -> Tensor:  # (B,) -> (B, 1, ..., 1)
         return c.reshape(B, *ones)
 
     def randn() -> Tensor:
@@ -636,9 +636,13 @@ def adaptive_sde_sample(
             score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
             raise NonFiniteError(f"adaptive_sde_sample: the error estimate is non-finite at iteration {iterations}.")
         accept = E <= 1.0
-        ca = col(_on(accept, x))
-        x = torch.where(ca, torch.lerp(x1, xt, 0.5), x)
-        abs_prev = torch.where(ca, a1, abs_prev)
+        r = np.flatnonzero(~accept)
+        rd = _on(r, x)
+        x_new = torch.lerp(x1, xt, 0.5)  # accepted: x'' (and x' becomes x'_prev); rejected rows keep their state
+        if r.size:
+            x_new[rd] = x[rd]
+            a1[rd] = abs_prev[rd]
+        x, abs_prev = x_new, a1
         t = np.where(accept, t_next, t)
         t[t - eps < 1e-12] = eps  # land exactly on eps
         h_ctrl = safety * h * np.maximum(E, 1e-10) ** -exponent
@@ -647,9 +651,7 @@ def adaptive_sde_sample(
         xi = randn()
         W_new = col(_on(np.sqrt(h_new), x, x.dtype)) * xi
         if not redraw_rejected:
-            r = np.flatnonzero(~accept)
             if r.size:  # bridge the rejected increments, stack the rest
-                rd = _on(r, x)
                 Wr = W[rd]
                 Wn = _bridge(h[r], Wr, h_new[r], xi[rd])
                 stack.push(r, h[r] - h_new[r], Wr - Wn)

@@ -364,3 +364,28 @@ def test_bad_sde_state_and_budget_are_rejected():
         heun_sample(sds.VPSDE(), dm, torch.zeros(2), steps=3)
     with pytest.raises(ValueError, match="nfe"):
         FAST_SAMPLERS["dpm_solver_3"].steps_for(2)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_checked_score_finds_the_first_non_finite_evaluation_and_not_a_huge_finite_one(bad):
+    """The per-call check is min/max of the output: any NaN or +-inf anywhere is found, at the right evaluation;
+    entries near the float32 limit are finite and must not be reported (a float32 sum of them would overflow)."""
+    x = torch.zeros(64, 5)
+    huge = torch.full_like(x, 3.0e38)
+    calls = {"n": 0}
+
+    def score(x, t):
+        calls["n"] += 1
+        out = huge.clone()
+        if calls["n"] == 3:
+            out[17, 4] = bad
+        return out
+
+    checked = CheckedScore(score)
+    t = torch.zeros(64)
+    checked(x, t, 0.5)
+    checked(x, t, 0.4)
+    assert checked.first_nonfinite() is None
+    checked(x, t, 0.3)
+    checked(x, t, 0.2)
+    assert checked.first_nonfinite() == (2, 0.3)
