@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
-from torch import nn
 
 import sdescore as sds
+from mlp import MLPScore
 from sdescore.likelihood import ExactTrace, HutchinsonTrace, RademacherProbe, log_likelihood
 from validation import GaussianMixture, random_anisotropic
 
@@ -53,18 +53,14 @@ class NetworkCostScore:
         self.exact = exact
         self.net = None
         if hidden:
-            self.net = nn.Sequential(
-                nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim)
-            ).double()
-            for p in self.net.parameters():
-                p.requires_grad_(False)
+            self.net = MLPScore(dim, hidden).double().requires_grad_(False)
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         if self.net is None:
             return self.exact(x, t)
-        return self.exact(x, t) + 0.0 * self.net(torch.cat([x, t[:, None].to(x.dtype)], dim=1))
+        return self.exact(x, t) + 0.0 * self.net(x, t)
 
 
 def reference_likelihood(sde, score, x, *, rtol, atol, eps, prior_logp, probe=None):

@@ -18,22 +18,9 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import sdescore as sds
-
-
-class MLPScore(nn.Module):
-    """A 3-layer MLP score s(x, t) with the time appended to the input."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim)
-        )
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([x, t[:, None]], dim=1))
+from mlp import MLPScore
 
 
 class FreeScore:

@@ -39,10 +39,10 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 
 import baselines
 import sdescore as sds
+from mlp import MLPScore
 from sdescore import NonFiniteError
 from sdescore.fast import FAST_SAMPLERS, FixedStepSampler
 from validation import random_anisotropic, ring
@@ -179,17 +179,6 @@ def _fmt(options: dict) -> str:
 
 
 # ---------------------------------------------------------------------- overhead with a 3-layer MLP
-class MLPScore(nn.Module):
-    """A 3-layer MLP s(x, t) = W3 silu(W2 silu(W1 [x, t])), the time appended to the input."""
-
-    def __init__(self, dim: int, hidden: int = 256):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim + 1, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, dim))
-
-    def forward(self, x, t):
-        return self.net(torch.cat([x, t[:, None]], dim=1))
-
-
 def measure_overhead(dims, batch, budget, repeats, log, *, fixed_only: bool = False) -> list[dict]:
     """The sampler's own work against its score evaluations, with a 3-layer MLP score, measured two ways.
 

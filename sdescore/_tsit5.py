@@ -17,7 +17,7 @@ in sdescore.flow lists what is).
 `mid`: the weights b(1/2) of a continuous extension of order 4 at theta = 1/2, i.e. y(t0 + h/2) =
 y0 + h sum_i b_i(1/2) k_i + O(h^5). The eight order conditions of order 4 at theta = 1/2 have a one-parameter
 family of solutions over the seven stages; `_MID` is its minimum-norm member, computed below from the tableau
-(tests/test_flow.py checks the conditions and the order of the dense output).
+(tests/test_tsit5.py checks the conditions and the accuracy of the dense output).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import importlib
 import numpy as np
 import torch
 
-__all__ = ["TSIT5_A", "TSIT5_C", "TSIT5_B", "TSIT5_BTILDE", "register"]
+__all__ = ["TSIT5_A", "TSIT5_C", "TSIT5_B", "TSIT5_BTILDE", "order_conditions", "register"]
 
 # nodes c_2..c_7 and the rows a_{i,1..i-1} (i = 2..7; the last row is b: FSAL)
 TSIT5_C = (0.161, 0.327, 0.9, 0.9800255409045097, 1.0, 1.0)
@@ -59,11 +59,8 @@ def _stage_matrix() -> tuple[np.ndarray, np.ndarray]:
     return a, np.concatenate([[0.0], TSIT5_C])
 
 
-def order_conditions(weights: np.ndarray, theta: float = 1.0, order: int = 4) -> np.ndarray:
-    """Residuals of the Runge–Kutta order conditions (Butcher trees up to `order` <= 5) for weights b at theta.
-
-    sum b = theta, sum b c = theta^2/2, ..., each tree t with density gamma(t): sum b Phi(t) = theta^|t| / gamma(t).
-    """
+def _trees(order: int) -> list[tuple[np.ndarray, int, float]]:
+    """The Butcher trees up to `order` (<= 5) of the tsit5 stages: (elementary weight Phi over the stages, |t|, gamma(t))."""
     a, c = _stage_matrix()
     ac, ac2, aac = a @ c, a @ c**2, a @ (a @ c)
     trees = [(np.ones(7), 1, 1), (c, 2, 2), (c**2, 3, 3), (ac, 3, 6), (c**3, 4, 4), (c * ac, 4, 8), (ac2, 4, 12), (aac, 4, 24)]
@@ -72,16 +69,22 @@ def order_conditions(weights: np.ndarray, theta: float = 1.0, order: int = 4) ->
             (c**4, 5, 5), (c**2 * ac, 5, 10), (c * ac2, 5, 15), (c * aac, 5, 30), (ac * ac, 5, 20),
             (a @ c**3, 5, 20), (a @ (c * ac), 5, 40), (a @ ac2, 5, 60), (a @ aac, 5, 120),
         ]
-    trees = [t for t in trees if t[1] <= order]
-    return np.array([weights @ phi - theta**n / gamma for phi, n, gamma in trees])
+    return [t for t in trees if t[1] <= order]
+
+
+def order_conditions(weights: np.ndarray, theta: float = 1.0, order: int = 4) -> np.ndarray:
+    """Residuals of the Runge–Kutta order conditions (Butcher trees up to `order` <= 5) for weights b at theta.
+
+    sum b = theta, sum b c = theta^2/2, ..., each tree t with density gamma(t): sum b Phi(t) = theta^|t| / gamma(t).
+    """
+    return np.array([weights @ phi - theta**n / gamma for phi, n, gamma in _trees(order)])
 
 
 def _mid() -> np.ndarray:
-    a, c = _stage_matrix()
-    ac = a @ c
-    phis = np.array([np.ones(7), c, c**2, ac, c**3, c * ac, a @ c**2, a @ ac])
-    theta = 0.5
-    rhs = np.array([theta, theta**2 / 2, theta**3 / 3, theta**3 / 6, theta**4 / 4, theta**4 / 8, theta**4 / 12, theta**4 / 24])
+    """The minimum-norm weights b(1/2) that satisfy every order-4 condition at theta = 1/2."""
+    trees = _trees(4)
+    phis = np.array([phi for phi, _, _ in trees])
+    rhs = np.array([0.5**n / gamma for _, n, gamma in trees])
     mid, *_ = np.linalg.lstsq(phis, rhs, rcond=None)
     return mid
 

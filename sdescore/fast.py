@@ -520,6 +520,13 @@ class _BrownianStack:
         self.depth[idx] = d
         return self.h[idx, d], self.W[_on(idx, self.W), _on(d, self.W)]
 
+    def split(self, idx: np.ndarray, h: np.ndarray, W: Tensor, h_new: np.ndarray, xi: Tensor) -> Tensor:
+        """Cut the intervals (h, W) of the samples idx at h_new < h: return the first part's increment (`_bridge`)
+        and push the rest (h - h_new, W - W') on their stacks. xi: standard normals shaped like W."""
+        W_new = _bridge(h, W, h_new, xi)
+        self.push(idx, h - h_new, W - W_new)
+        return W_new
+
 
 def _on(a: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """A host array as a tensor on like's device (zero-copy on the CPU), cast to dtype if given."""
@@ -534,6 +541,13 @@ def _bridge(h: np.ndarray, W: Tensor, h_new: np.ndarray, xi: Tensor) -> Tensor:
     frac = h_new / h
     c = _on(np.stack([frac, np.sqrt(h_new * (1.0 - frac))]), W, W.dtype)
     return batch_view(c[0], W) * W + batch_view(c[1], W) * xi
+
+
+def _tweedie(sde: SDE, score: CheckedScore, x: Tensor, eps: float) -> Tensor:
+    """E[x0 | x_eps = x] = (x + std^2 score(x, eps)) / alpha (Tweedie), the kernel in float64: one evaluation."""
+    t = torch.full((x.shape[0],), eps, dtype=torch.float64, device=x.device)
+    alpha, std = sde.kernel(t)
+    return (x + batch_view(std * std, x) * score(x, t.to(x.dtype))) / batch_view(alpha, x)
 
 
 def adaptive_sde_sample(
@@ -591,7 +605,6 @@ def adaptive_sde_sample(
     max_evals = check_int("max_evals", max_evals, minimum=2)
     score = CheckedScore(score_fn)
     B, D = x.shape[0], x[0].numel()
-    f64 = dict(dtype=torch.float64, device=x.device)
     ones = (1,) * (x.ndim - 1)
 
     def col(c: Tensor) -> Tensor:  # (B,) -> (B, 1, ..., 1)
@@ -609,14 +622,12 @@ def adaptive_sde_sample(
     abs_prev = x.abs()
     # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2
     floor, scale = atol / rtol, 1.0 / (2.0 * rtol * math.sqrt(D))
-    iterations = 0
     while True:
         if score.nfe + 2 > max_evals:
             raise RuntimeError(
                 f"adaptive_sde_sample: {score.nfe} score evaluations without reaching eps={eps} (largest t = "
                 f"{t.max():.4g}); loosen rtol/atol or raise max_evals."
             )
-        iterations += 1
         t_next = t - h
         th = _on(np.stack([t, t_next, h]), x)  # (3, B) float64 on the device
         g = sde.g(th[:2].reshape(-1)).reshape(2, B)  # g(t), g(t - h) in one call
@@ -634,7 +645,10 @@ def adaptive_sde_sample(
         E = E.to(torch.float64).cpu().numpy() * scale  # the one synchronisation of the iteration
         if not np.isfinite(E).all():
             score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
-            raise NonFiniteError(f"adaptive_sde_sample: the error estimate is non-finite at iteration {iterations}.")
+            raise NonFiniteError(
+                f"adaptive_sde_sample: the error estimate is non-finite at iteration {score.nfe // 2} (score "
+                "evaluations were finite, the proposed step was not): expected finite proposals; lower h_init or rtol."
+            )
         accept = E <= 1.0
         r = np.flatnonzero(~accept)
         rd = _on(r, x)
@@ -652,10 +666,7 @@ def adaptive_sde_sample(
         W_new = col(_on(np.sqrt(h_new), x, x.dtype)) * xi
         if not redraw_rejected:
             if r.size:  # bridge the rejected increments, stack the rest
-                Wr = W[rd]
-                Wn = _bridge(h[r], Wr, h_new[r], xi[rd])
-                stack.push(r, h[r] - h_new[r], Wr - Wn)
-                W_new[rd] = Wn
+                W_new[rd] = stack.split(r, h[r], W[rd], h_new[r], xi[rd])
             s = np.flatnonzero(accept & (t > eps) & (stack.depth > 0))
             if s.size:  # accepted with a stacked interval: take it, cut to h_new if it is longer
                 hp, Wp = stack.pop(s)
@@ -663,19 +674,14 @@ def adaptive_sde_sample(
                 cut = np.flatnonzero(hn < hp)
                 if cut.size:
                     cd = _on(cut, x)
-                    Wc = _bridge(hp[cut], Wp[cd], hn[cut], xi[_on(s[cut], x)])
-                    stack.push(s[cut], hp[cut] - hn[cut], Wp[cd] - Wc)
-                    Wp[cd] = Wc
+                    Wp[cd] = stack.split(s[cut], hp[cut], Wp[cd], hn[cut], xi[_on(s[cut], x)])
                 h_new[s] = np.minimum(hp, hn)
                 W_new[_on(s, x)] = Wp
         h, W = h_new, W_new
         if not (t > eps).any():
             break
     if denoise:
-        node_t = torch.full((B,), eps, **f64)
-        alpha, std = sde.kernel(node_t)
-        s = score(x, node_t.to(x.dtype))
-        x = (x + batch_view(std * std, x) * s) / batch_view(alpha, x)
+        x = _tweedie(sde, score, x, eps)
     score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
     return SampleResult(x=x, nfe=score.nfe)
 
@@ -702,9 +708,7 @@ def adaptive_ode_sample(
     if not denoise:
         return out
     score = CheckedScore(score_fn)
-    t = torch.full((x.shape[0],), eps, dtype=torch.float64, device=x.device)
-    alpha, std = sde.kernel(t)
-    xe = (out.x + batch_view(std * std, out.x) * score(out.x, t.to(x.dtype))) / batch_view(alpha, out.x)
+    xe = _tweedie(sde, score, out.x, eps)
     score.raise_if_nonfinite(xe, "adaptive_ode_sample", lambda k, _t: 0)
     return SampleResult(x=xe, nfe=out.nfe + 1)
 
