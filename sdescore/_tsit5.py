@@ -4,13 +4,15 @@ Ch. Tsitouras (2011), "Runge–Kutta pairs of order 5(4) satisfying only the fir
 assumption", Computers & Mathematics with Applications 62(2), 770–775. Like Dormand–Prince 5(4) it has seven
 stages with the last one first-same-as-last, so a step costs six new evaluations. On the likelihood problems of
 bench/likelihood.py, where delta_logp is a quadrature along the path and Tsitouras' error estimate is the more
-conservative one for it, it reaches the same accuracy with 4–20 % fewer evaluations than dopri5, which is why it
-is the default of `log_likelihood` (docs/theory/likelihood.md#solver); for sampling the two are within 10 %.
+conservative one for it, it reaches the same accuracy with 4–20 % fewer evaluations than dopri5
+(docs/theory/likelihood.md#solver); for sampling the two are within 10 %. It is sdescore's default adaptive method
+(`sdescore.flow.DEFAULT_METHOD`) because torchdiffeq runs it with sdescore's cheaper step (`sdescore._rk`).
 
 torchdiffeq (0.2.x) has no public hook for a new tableau. Its own adaptive solvers are subclasses of
 `RKAdaptiveStepsizeODESolver` that set a `_ButcherTableau`, an order and the weights `mid` of the solution at
-the half step, and `odeint` looks methods up in the table `SOLVERS`; `register` does exactly that, so the step
-control, the interpolation, the tuple states and the `step_t` option are torchdiffeq's own. If a torchdiffeq
+the half step, and `odeint` looks methods up in the table `SOLVERS`; `register` does exactly that, with the step
+of `sdescore._rk.fast_step`, so the step control, the interpolation, the tuple states and the `step_t` option are
+torchdiffeq's own and only the arithmetic of a step is sdescore's. If a torchdiffeq
 release moves these internals, `register` returns False and 'tsit5' is simply not offered (`ADAPTIVE_METHODS`
 in sdescore.flow lists what is).
 
@@ -26,6 +28,8 @@ import importlib
 
 import numpy as np
 import torch
+
+from ._rk import fast_step
 
 __all__ = ["TSIT5_A", "TSIT5_C", "TSIT5_B", "TSIT5_BTILDE", "order_conditions", "register"]
 
@@ -110,7 +114,8 @@ def register() -> bool:
         c_sol=torch.tensor(TSIT5_B, **f64),
         c_error=torch.tensor(TSIT5_BTILDE, **f64),
     )
-    solvers["tsit5"] = type(
+    tsit5 = type(
         "Tsit5Solver", (base,), {"order": 5, "tableau": tableau, "mid": torch.tensor(_MID, **f64), "__module__": __name__}
     )
+    solvers["tsit5"] = fast_step(tsit5)
     return True

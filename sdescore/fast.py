@@ -34,6 +34,7 @@ from torch import Tensor
 
 from ._checks import check_data, check_eps, check_generator, check_int, check_real
 from ._score import CheckedScore, NonFiniteError, SampleResult
+from .flow import DEFAULT_METHOD
 from .grids import TimeGrid, time_grid
 from .sde import SDE, ScoreFn, batch_view
 
@@ -693,15 +694,18 @@ def adaptive_ode_sample(
     *,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-    method: str = "dopri5",
+    method: str = DEFAULT_METHOD,
     eps: float = 1e-3,
     generator: torch.Generator | None = None,
     denoise: bool = False,
 ) -> SampleResult:
-    """The probability-flow ODE integrated by torchdiffeq's adaptive `method` (Dormand–Prince by default).
+    """The probability-flow ODE integrated by torchdiffeq.odeint with the adaptive `method`.
 
     `sde.probability_flow(score_fn).sample` with this module's signature; denoise adds Tweedie's E[x0 | x_eps].
-    `generator` is unused (deterministic) and accepted for the shared signature.
+    The default 'tsit5' is Tsitouras' 5(4) pair run by torchdiffeq with sdescore's cheaper step (`sdescore._rk`:
+    same step control, about a quarter of dopri5's own work per evaluation, docs/benchmarks.md); any torchdiffeq
+    adaptive method ('dopri5', ...) may be named instead. `generator` is unused (deterministic) and accepted for
+    the shared signature.
     """
     x, _, eps, generator = _check_common(sde, x_T, 1, eps, generator, denoise)
     out = sde.probability_flow(score_fn).sample(x, method=method, rtol=rtol, atol=atol, eps=eps)

@@ -25,10 +25,12 @@ from ._checks import check_data, check_eps, check_int, check_real
 from ._score import CheckedScore, SampleResult
 from .sde import SDE, ScoreFn, batch_view
 
-__all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS"]
+__all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS", "DEFAULT_METHOD"]
 
 # torchdiffeq's adaptive methods, and Tsitouras' 5(4) pair added to its table where its internals allow (_tsit5)
 ADAPTIVE_METHODS = (("tsit5",) if _tsit5.register() else ()) + ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
+# sdescore's default adaptive method: Tsitouras' pair with sdescore's step (sdescore._rk), dopri5 where absent
+DEFAULT_METHOD = ADAPTIVE_METHODS[0] if ADAPTIVE_METHODS[0] == "tsit5" else "dopri5"
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
 
@@ -71,14 +73,17 @@ class ProbabilityFlowODE:
     def sample(
         self,
         x_T: Tensor,
-        method: str = "dopri5",
+        method: str = DEFAULT_METHOD,
         rtol: float = 1e-5,
         atol: float = 1e-5,
         eps: float = 1e-3,
         *,
         steps: int | None = None,
     ) -> SampleResult:
-        """Integrate from t = T to t = eps. x_T: (B, *dims). Fixed-step methods take `steps`, adaptive ones rtol/atol."""
+        """Integrate from t = T to t = eps. x_T: (B, *dims). Fixed-step methods take `steps`, adaptive ones rtol/atol.
+
+        `method` is any torchdiffeq method; the default is DEFAULT_METHOD ('tsit5', with sdescore's step).
+        """
         x_T = check_data("x_T", x_T)
         eps = check_eps(eps, self.sde.T)
         return self._solve(x_T, self.sde.T, eps, method, rtol, atol, steps, "ProbabilityFlowODE.sample")
@@ -86,7 +91,7 @@ class ProbabilityFlowODE:
     def encode(
         self,
         x0: Tensor,
-        method: str = "dopri5",
+        method: str = DEFAULT_METHOD,
         rtol: float = 1e-5,
         atol: float = 1e-5,
         eps: float = 1e-3,
