@@ -491,12 +491,13 @@ def dpm_solver_pp_sample(
 class _BrownianStack:
     """Per-sample Brownian increments that stay on one path when steps are rejected (Rackauckas & Nie 2017, RSwM1).
 
-    A rejected step (h, W) is split by the Brownian bridge (`_bridge`): the retried step h' < h gets
-    W' ~ N((h'/h) W, h'(h - h')/h I) and the rest (h - h', W - W') is pushed on the sample's stack, to be used
-    before any fresh noise. The path is then a true Brownian path whatever the accept/reject decisions, so the
-    law of the solution does not depend on the tolerance through the rejections. The interval lengths live on
-    the host with the step-size controller (float64 numpy), the increments on the state's device; rows are
-    addressed by index, so only the samples that were rejected or hold a stacked interval are touched.
+    An interval (h, W) cut at h' < h is split by the Brownian bridge: the first part gets
+    W' ~ N((h'/h) W, h'(h - h')/h I), i.e. W' = (h'/h) W + sqrt(h'(1 - h'/h)) xi with xi standard normal, and the
+    rest (h - h', W - W') is pushed on the sample's stack, to be used before any fresh noise. A rejected step is
+    cut this way, and so is a stacked interval longer than the next step. The path is then a true Brownian path
+    whatever the accept/reject decisions, so the law of the solution does not depend on the tolerance through the
+    rejections. The interval lengths live on the host with the step-size controller (float64 numpy), the
+    increments on the state's device, in one (B, depth, *dims) tensor addressed by (sample, level).
     """
 
     def __init__(self, like: Tensor):
@@ -521,27 +522,13 @@ class _BrownianStack:
         self.depth[idx] = d
         return self.h[idx, d], self.W[_on(idx, self.W), _on(d, self.W)]
 
-    def split(self, idx: np.ndarray, h: np.ndarray, W: Tensor, h_new: np.ndarray, xi: Tensor) -> Tensor:
-        """Cut the intervals (h, W) of the samples idx at h_new < h: return the first part's increment (`_bridge`)
-        and push the rest (h - h_new, W - W') on their stacks. xi: standard normals shaped like W."""
-        W_new = _bridge(h, W, h_new, xi)
-        self.push(idx, h - h_new, W - W_new)
-        return W_new
-
 
 def _on(a: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """A host array as a tensor on like's device (zero-copy on the CPU), cast to dtype if given."""
-    return torch.from_numpy(a).to(device=like.device, dtype=dtype)
-
-
-def _bridge(h: np.ndarray, W: Tensor, h_new: np.ndarray, xi: Tensor) -> Tensor:
-    """W' at h_new < h on the Brownian bridge of the increment (h, W): N((h_new/h) W, h_new (h - h_new)/h I).
-
-    h, h_new: (n,) host arrays; W, xi: (n, *dims), xi standard normal.
-    """
-    frac = h_new / h
-    c = _on(np.stack([frac, np.sqrt(h_new * (1.0 - frac))]), W, W.dtype)
-    return batch_view(c[0], W) * W + batch_view(c[1], W) * xi
+    t = torch.from_numpy(a)
+    if t.device == like.device and (dtype is None or dtype == t.dtype):
+        return t
+    return t.to(device=like.device, dtype=dtype)
 
 
 def _tweedie(sde: SDE, score: CheckedScore, x: Tensor, eps: float) -> Tensor:
@@ -585,7 +572,8 @@ def adaptive_sde_sample(
     Brownian path and removes the bias.
 
     The sampler's own work is some twenty whole-batch tensor operations and one Gaussian draw per iteration,
-    one host synchronisation, and indexed updates of the rejected samples only (bench/samplers.py measures it).
+    one host synchronisation, and indexed stack updates of the samples that hold or leave a stacked interval
+    (bench/samplers.py measures it).
 
     Args:
         rtol: the relative part of the mixed tolerance atol + rtol |x|.
@@ -608,21 +596,23 @@ def adaptive_sde_sample(
     B, D = x.shape[0], x[0].numel()
     ones = (1,) * (x.ndim - 1)
 
-    def col(c: Tensor) -> Tensor:  # (B,) -> (B, 1, ..., 1)
-        return c.reshape(B, *ones)
+    host_dtype = {torch.float64: np.float64, torch.float16: np.float16}.get(x.dtype, np.float32)
 
-    def randn() -> Tensor:
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    def rows(a: np.ndarray) -> Tensor:  # (k, B) host -> (k, B, 1, ..., 1) on x's device, in x's dtype
+        return _on(np.ascontiguousarray(a, dtype=host_dtype).reshape(a.shape[0], B, *ones), x, x.dtype)
 
-    # The per-sample step-size control runs on the host in float64 numpy: one device -> host copy (E) and a few
-    # small host -> device copies per iteration; the state, the noise and the score stay on x's device.
+    # The per-sample step-size control runs on the host in float64 numpy, the state, the noise and the score on
+    # x's device. Per iteration: one host -> device copy of the coefficients, one device -> host copy of E (the
+    # only synchronisation), one of the noise coefficients, and indexed stack updates of the samples that hold
+    # or leave a stacked interval. Every other tensor operation is a whole-batch fused one.
     stack = _BrownianStack(x)
     t = np.full(B, float(sde.T))
     h = np.full(B, min(h_init, sde.T - eps))
-    W = col(_on(np.sqrt(h), x, x.dtype)) * randn()
-    abs_prev = x.abs()
-    # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2
+    W = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device).mul_(rows(np.sqrt(h)[None])[0])
+    # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2;
+    # the state keeps max(|x'_prev|, atol / rtol)
     floor, scale = atol / rtol, 1.0 / (2.0 * rtol * math.sqrt(D))
+    abs_prev = x.abs().clamp_min_(floor)
     while True:
         if score.nfe + 2 > max_evals:
             raise RuntimeError(
@@ -630,19 +620,17 @@ def adaptive_sde_sample(
                 f"{t.max():.4g}); loosen rtol/atol or raise max_evals."
             )
         t_next = t - h
-        th = _on(np.stack([t, t_next, h]), x)  # (3, B) float64 on the device
-        g = sde.g(th[:2].reshape(-1)).reshape(2, B)  # g(t), g(t - h) in one call
-        hg2 = th[2] * g * g
-        # per-sample coefficients, cast once: h, h g(t)^2, g(t), h g(t-h)^2, g(t-h), t, t - h
-        c = torch.stack([th[2], hg2[0], g[0], hg2[1], g[1], th[0], th[1]]).to(x.dtype)
-        hb, k1, g1b, k2, g2b = (col(ci) for ci in c[:5])
-        s1 = score(x, c[5])
-        x1 = torch.addcmul(torch.addcmul(x, hb, sde.f(x, th[0]), value=-1.0), k1, s1).addcmul_(g1b, W)
-        s2 = score(x1, c[6])
-        xt = torch.addcmul(torch.addcmul(x, hb, sde.f(x1, th[1]), value=-1.0), k2, s2).addcmul_(g2b, W)
-        diff = x1 - xt
-        a1 = x1.abs()
-        E = torch.linalg.vector_norm(diff.div_(torch.maximum(a1, abs_prev).clamp_min_(floor)).flatten(1), dim=1)
+        times = np.stack([t, t_next])
+        t64 = _on(times, x)
+        g = sde.g(t64.reshape(-1)).cpu().numpy().reshape(2, B)  # g(t), g(t - h)
+        # per-sample coefficients, one copy: h, h g(t)^2, g(t), h g(t-h)^2, g(t-h), t, t - h
+        c = rows(np.stack([h, h * g[0] * g[0], g[0], h * g[1] * g[1], g[1], t, t_next]))
+        s1 = score(x, c[5].reshape(B))
+        x1 = torch.addcmul(torch.addcmul(x, c[0], sde.f(x, t64[0]), value=-1.0), c[1], s1).addcmul_(c[2], W)
+        s2 = score(x1, c[6].reshape(B))
+        xt = torch.addcmul(torch.addcmul(x, c[0], sde.f(x1, t64[1]), value=-1.0), c[3], s2).addcmul_(c[4], W)
+        a1 = x1.abs().clamp_min_(floor)
+        E = torch.linalg.vector_norm((x1 - xt).div_(torch.maximum(a1, abs_prev)).flatten(1), dim=1)
         E = E.to(torch.float64).cpu().numpy() * scale  # the one synchronisation of the iteration
         if not np.isfinite(E).all():
             score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
@@ -651,33 +639,44 @@ def adaptive_sde_sample(
                 "evaluations were finite, the proposed step was not): expected finite proposals; lower h_init or rtol."
             )
         accept = E <= 1.0
-        r = np.flatnonzero(~accept)
-        rd = _on(r, x)
-        x_new = torch.lerp(x1, xt, 0.5)  # accepted: x'' (and x' becomes x'_prev); rejected rows keep their state
-        if r.size:
-            x_new[rd] = x[rd]
-            a1[rd] = abs_prev[rd]
-        x, abs_prev = x_new, a1
+        # accepted: x'' (and x' becomes x'_prev); rejected samples keep their state
+        x_new = torch.lerp(x1, xt, 0.5)
+        if accept.all():
+            x, abs_prev = x_new, a1
+        else:
+            keep = _on(accept.reshape(B, *ones), x)
+            x, abs_prev = torch.where(keep, x_new, x), torch.where(keep, a1, abs_prev)
         t = np.where(accept, t_next, t)
         t[t - eps < 1e-12] = eps  # land exactly on eps
         h_ctrl = safety * h * np.maximum(E, 1e-10) ** -exponent
         # rejected: retry on [t - h', t] with h' < h; accepted: the next step (0 once at eps, which freezes the sample)
         h_new = np.where(accept, np.minimum(h_ctrl, t - eps), np.minimum(h_ctrl, 0.99 * h))
-        xi = randn()
-        W_new = col(_on(np.sqrt(h_new), x, x.dtype)) * xi
+        # The next increments, W_new = a W_base + b xi for every sample at once: fresh (a = 0, b = sqrt(h_new)), or
+        # the bridge of an interval (h_b, W_base) cut at h_new (a = h_new / h_b, b = sqrt(h_new (1 - a))), or a
+        # whole stacked interval (a = 1, b = 0). W_base is the rejected increment W, or a popped stacked one.
+        a = np.zeros(B)
+        base_h = h.copy()
+        cut = np.zeros(B, dtype=bool)
         if not redraw_rejected:
-            if r.size:  # bridge the rejected increments, stack the rest
-                W_new[rd] = stack.split(r, h[r], W[rd], h_new[r], xi[rd])
-            s = np.flatnonzero(accept & (t > eps) & (stack.depth > 0))
-            if s.size:  # accepted with a stacked interval: take it, cut to h_new if it is longer
-                hp, Wp = stack.pop(s)
-                hn = h_new[s]
-                cut = np.flatnonzero(hn < hp)
-                if cut.size:
-                    cd = _on(cut, x)
-                    Wp[cd] = stack.split(s[cut], hp[cut], Wp[cd], hn[cut], xi[_on(s[cut], x)])
-                h_new[s] = np.minimum(hp, hn)
-                W_new[_on(s, x)] = Wp
+            cut = ~accept  # the rejected intervals are cut at h_new < h
+            popped = np.flatnonzero(accept & (t > eps) & (stack.depth > 0))
+            if popped.size:  # accepted with a stacked interval: take it, cut to h_new if it is longer
+                hp, Wp = stack.pop(popped)
+                W[_on(popped, x)] = Wp
+                base_h[popped] = hp
+                cut[popped] = h_new[popped] < hp
+                whole = popped[h_new[popped] >= hp]
+                h_new[whole] = base_h[whole]
+                a[whole] = 1.0
+        a = np.where(cut, np.divide(h_new, base_h, out=np.zeros(B), where=cut), a)
+        b = np.sqrt(h_new * (1.0 - a))
+        ab = rows(np.stack([a, b]))
+        xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        W_new = torch.mul(W, ab[0]).add_(xi.mul_(ab[1]))
+        pushed = np.flatnonzero(cut)
+        if pushed.size:  # the rest of every cut interval: (h_b - h_new, W_base - W_new)
+            pd = _on(pushed, x)
+            stack.push(pushed, base_h[pushed] - h_new[pushed], W[pd] - W_new[pd])
         h, W = h_new, W_new
         if not (t > eps).any():
             break

@@ -53,7 +53,7 @@ class ProbabilityFlowODE:
 
     def velocity(self, x: Tensor, t: Tensor, score: ScoreFn | None = None) -> Tensor:
         """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 at times t of shape (B,), unchecked (the solvers' entry)."""
-        t64 = t.to(torch.float64)
+        t64 = t if t.dtype == torch.float64 else t.to(torch.float64)
         g = self.sde.g(t64)
         s = (score or self.score_fn)(x, t64.to(x.dtype))
         return torch.addcmul(self.sde.f(x, t64), batch_view(g * g, x), s, value=-0.5)
@@ -113,7 +113,8 @@ class ProbabilityFlowODE:
         if method in ADAPTIVE_METHODS:
 
             def func(t: Tensor, y: Tensor) -> Tensor:
-                return self.velocity(y, t.to(torch.float64).clamp(lo, hi).expand(y.shape[0]), score)
+                t = t if t.dtype == torch.float64 else t.to(torch.float64)
+                return self.velocity(y, t.clamp(lo, hi).expand(y.shape[0]), score)
 
         else:  # a fixed grid inside [lo, hi]: every stage time lies in the interval
 
