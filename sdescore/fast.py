@@ -622,7 +622,7 @@ def adaptive_sde_sample(
         t_next = t - h
         times = np.stack([t, t_next])
         t64 = _on(times, x)
-        g = sde.g(t64.reshape(-1)).cpu().numpy().reshape(2, B)  # g(t), g(t - h)
+        g = sde.g(torch.from_numpy(times.reshape(-1))).cpu().numpy().reshape(2, B)  # g(t), g(t - h), on the host
         # per-sample coefficients, one copy: h, h g(t)^2, g(t), h g(t-h)^2, g(t-h), t, t - h
         c = rows(np.stack([h, h * g[0] * g[0], g[0], h * g[1] * g[1], g[1], t, t_next]))
         s1 = score(x, c[5].reshape(B))
@@ -702,7 +702,7 @@ def adaptive_ode_sample(
 
     `sde.probability_flow(score_fn).sample` with this module's signature; denoise adds Tweedie's E[x0 | x_eps].
     The default 'tsit5' is Tsitouras' 5(4) pair run by torchdiffeq with sdescore's cheaper step (`sdescore._rk`:
-    same step control, about a quarter of dopri5's own work per evaluation, docs/benchmarks.md); any torchdiffeq
+    same step control, a third to a fifth of dopri5's own work per evaluation, docs/benchmarks.md); any torchdiffeq
     adaptive method ('dopri5', ...) may be named instead. `generator` is unused (deterministic) and accepted for
     the shared signature.
     """

@@ -197,3 +197,17 @@ def test_the_lazy_interpolant_is_torchdiffeqs():
     assert not calls
     eager = _interp_fit(*args)
     assert len(lazy) == 5 and all(torch.equal(a, b) for a, b in zip(lazy[:], eager)) and calls == [1]
+
+
+def test_the_function_sees_float64_times_for_a_float32_state():
+    """torchdiffeq's wrapper rounds t to the state's dtype (its set-up: f(t0) and the initial-step probe); every
+    evaluation of sdescore's step gets the solver's float64 time."""
+    seen = []
+
+    def f(t, y):
+        seen.append(t.dtype)
+        return -y
+
+    y = torchdiffeq.odeint(f, torch.ones(3), torch.tensor([0.0, 1.0], **F64), method="tsit5", rtol=1e-6, atol=1e-8)
+    assert seen[:2] == [torch.float32] * 2 and len(seen) > 8 and set(seen[2:]) == {torch.float64}
+    assert abs(float(y[-1, 0]) - math.exp(-1.0)) < 1e-5
