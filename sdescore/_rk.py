@@ -65,6 +65,8 @@ def _axpy_chain(base: Tensor | None, ks: Sequence[Tensor], weights: Sequence[flo
 
 def _next_float(t: float, dtype: torch.dtype, up: bool) -> float:
     """The neighbouring value of t in dtype, as torchdiffeq's Perturb.NEXT / PREV."""
+    if dtype == torch.float64:
+        return math.nextafter(t, math.inf if up else -math.inf)
     x = torch.tensor(t, dtype=dtype)
     return float(torch.nextafter(x, torch.tensor(math.inf if up else -math.inf, dtype=dtype)))
 
@@ -223,9 +225,10 @@ def fast_step(base: type) -> type:
         if accept:
             self.func.callback_accept_step(t0, y0, dt)
             t_next, y_next = t1, y1
-            # torchdiffeq's quartic through y0, y1, y(t0 + h/2) and the end slopes, in its convention (sign * f)
+            # torchdiffeq's quartic through y0, y1, y(t0 + h/2) and the step's end slopes ks[0], ks[-1] (not a
+            # re-evaluation after a jump), in its convention (sign * f)
             interp_coeff = _LazyInterp(
-                lambda: interp_fit(y0, y1, _axpy_chain(y0, ks, mid, hs), f0, f1, (self._sign * dt).to(y0.dtype))
+                lambda: interp_fit(y0, y1, _axpy_chain(y0, ks, mid, hs), ks[0], ks[-1], (self._sign * dt).to(y0.dtype))
             )
             if on_step_t and self.next_step_index != len(self._step_list) - 1:
                 self.next_step_index += 1

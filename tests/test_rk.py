@@ -129,12 +129,12 @@ def test_step_t_and_jump_t(reference):
         return -y * (1.0 if float(t) < 0.5 else 3.0)
 
     y0 = torch.ones(4, **F64)
-    t = torch.tensor([0.0, 0.8, 1.0], **F64)
+    t = torch.tensor([0.0, 0.45, 0.499, 0.8, 1.0], **F64)  # two interpolated inside the steps before the jump
     opts = dict(rtol=1e-9, atol=1e-12, options={"jump_t": torch.tensor([0.5], **F64), "step_t": torch.tensor([0.8], **F64)})
     (y, fast), (y_ref, ref) = _both(reference, f, y0, t, **opts)
     assert fast.calls == ref.calls and fast.events == ref.events
     assert float((y - y_ref).abs().max()) < 1e-13
-    exact = torch.tensor([1.0, math.exp(-0.5 - 0.9), math.exp(-0.5 - 1.5)], **F64)
+    exact = torch.tensor([1.0, math.exp(-0.45), math.exp(-0.499), math.exp(-0.5 - 0.9), math.exp(-0.5 - 1.5)], **F64)
     assert float((y[:, 0] - exact).abs().max()) < 1e-8
 
 
