@@ -620,9 +620,9 @@ def adaptive_sde_sample(
                 f"{t.max():.4g}); loosen rtol/atol or raise max_evals."
             )
         t_next = t - h
-        times = np.stack([t, t_next])
-        t64 = _on(times, x)
-        g = sde.g(torch.from_numpy(times.reshape(-1))).cpu().numpy().reshape(2, B)  # g(t), g(t - h), on the host
+        times = torch.from_numpy(np.stack([t, t_next]))
+        t64 = times.to(x.device)
+        g = sde.g(times.reshape(-1)).cpu().numpy().reshape(2, B)  # g(t), g(t - h), on the host
         # per-sample coefficients, one copy: h, h g(t)^2, g(t), h g(t-h)^2, g(t-h), t, t - h
         c = rows(np.stack([h, h * g[0] * g[0], g[0], h * g[1] * g[1], g[1], t, t_next]))
         s1 = score(x, c[5].reshape(B))

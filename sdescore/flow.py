@@ -14,7 +14,7 @@ it only influences the size of the first step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torchdiffeq
@@ -30,7 +30,7 @@ __all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS", "DEFAULT_M
 # torchdiffeq's adaptive methods, and Tsitouras' 5(4) pair added to its table where its internals allow (_tsit5)
 ADAPTIVE_METHODS = (("tsit5",) if _tsit5.register() else ()) + ("dopri8", "dopri5", "bosh3", "fehlberg2", "adaptive_heun")
 # sdescore's default adaptive method: Tsitouras' pair with sdescore's step (sdescore._rk), dopri5 where absent
-DEFAULT_METHOD = ADAPTIVE_METHODS[0] if ADAPTIVE_METHODS[0] == "tsit5" else "dopri5"
+DEFAULT_METHOD = "tsit5" if "tsit5" in ADAPTIVE_METHODS else "dopri5"
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
 
@@ -113,24 +113,39 @@ class ProbabilityFlowODE:
         if method in ADAPTIVE_METHODS:
 
             def func(t: Tensor, y: Tensor) -> Tensor:
-                t = t if t.dtype == torch.float64 else t.to(torch.float64)
-                return self.velocity(y, t.clamp(lo, hi).expand(y.shape[0]), score)
+                return self.velocity(y, t.to(torch.float64).clamp(lo, hi).expand(y.shape[0]), score)
 
         else:  # a fixed grid inside [lo, hi]: every stage time lies in the interval
 
             def func(t: Tensor, y: Tensor) -> Tensor:
                 return self.velocity(y, t.to(torch.float64).expand(y.shape[0]), score)
 
-
-        ts = torch.tensor([t0, t1], dtype=torch.float64, device=x.device)
-        out = torchdiffeq.odeint(func, x, ts, method=method, **options)[-1]
         h = (hi - lo) / steps if steps else None
 
         def step_of(k: int, t: float) -> int:
             return min(int(abs(t - t0) / h + 1e-6), steps - 1) if h else k
 
+        ts = torch.tensor([t0, t1], dtype=torch.float64, device=x.device)
+        out = odeint_naming_nonfinite(score, x, where, step_of, func, x, ts, method, options)[-1]
         score.raise_if_nonfinite(out, where, step_of)
         return SampleResult(x=out, nfe=score.nfe)
+
+
+def odeint_naming_nonfinite(
+    score: CheckedScore, x: Tensor, where: str, step_of: Callable[[int, float], int], func: Callable, y0: Any,
+    ts: Tensor, method: str, options: dict[str, Any],
+) -> Any:
+    """torchdiffeq.odeint(func, y0, ts, method, **options), with its failure after a non-finite score named.
+
+    After NaN or inf an adaptive solver rejects every step until its step size underflows, and torchdiffeq (and
+    sdescore's step, as torchdiffeq's) raises an AssertionError; it is raised here as the NonFiniteError of
+    `score.raise_if_nonfinite(x, where, step_of)` (x: the finite starting data), re-raised as it is otherwise.
+    """
+    try:
+        return torchdiffeq.odeint(func, y0, ts, method=method, **options)
+    except AssertionError:
+        score.raise_if_nonfinite(x, where, step_of)
+        raise
 
 
 def solver_options(

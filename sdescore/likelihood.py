@@ -28,12 +28,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
 import torch
-import torchdiffeq
 from torch import Tensor
 
 from ._checks import check_choice, check_data, check_eps, check_generator, check_int
 from ._score import CheckedScore, NonFiniteError
-from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD, ProbabilityFlowODE, solver_options
+from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD, ProbabilityFlowODE, odeint_naming_nonfinite, solver_options
 from .sde import SDE, ScoreFn, VPSDE
 
 __all__ = [
@@ -437,12 +436,8 @@ def log_likelihood(
     w0 = x * torch.exp(c0).to(x.dtype)
     taus = torch.tensor([tau0, tau1], dtype=torch.float64, device=x.device)
     state0 = (w0, torch.zeros(B, dtype=x.dtype, device=x.device))
-    try:
-        w1, acc = (s[-1] for s in torchdiffeq.odeint(func, state0, taus, method=method, **options))
-    except AssertionError:
-        # torchdiffeq's step-size underflow: after a non-finite score every step is rejected; name it if so
-        score.raise_if_nonfinite(x, "log_likelihood", lambda k, t: k)
-        raise
+    w1, acc = (s[-1] for s in odeint_naming_nonfinite(score, x, "log_likelihood", lambda k, t: k, func, state0, taus,
+                                                        method, options))
 
     z = w1 / torch.exp(c1).to(x.dtype)
     # log p_x = log p_w + D log c at both ends

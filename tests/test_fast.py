@@ -319,6 +319,11 @@ def test_a_non_finite_score_is_reported_with_its_step():
         dpm_solver_pp_sample(sde, broken, x_T, steps=10)
     with pytest.raises(NonFiniteError):
         adaptive_sde_sample(sde, broken, x_T)
+    # an adaptive ODE solver rejects every step after NaN until dt underflows; the first NaN is the initial-step
+    # probe, evaluation 1, which sdescore places at the end time eps = 1e-3
+    for method in ("tsit5", "dopri5"):
+        with pytest.raises(NonFiniteError, match=r"t=0\.001, score evaluation 1\)"):
+            adaptive_ode_sample(sde, broken, x_T, method=method)
 
 
 def test_adaptive_sde_stops_at_max_evals():
