@@ -146,10 +146,10 @@ def fast_step(base: type) -> type:
     def _eval(self: Any, t: float, y: Tensor, perturb: Any) -> Tensor:
         """The stage derivative at time t (a float in the solver's time), in the step's convention."""
         if self._raw is None:
-            return self.func(torch.tensor(t, dtype=self.dtype, device=y.device), y, perturb=perturb)
+            return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=y.device), y, perturb=perturb)
         if perturb is not Perturb.NONE:
             t = _next_float(t, self.dtype, up=perturb is Perturb.NEXT)
-        return self._raw(torch.tensor(self._sign * t, dtype=self.dtype, device=y.device), y)
+        return self._raw(torch.scalar_tensor(self._sign * t, dtype=self.dtype, device=y.device), y)
 
     def _advance(self: Any, next_t: Tensor) -> Tensor:
         # torchdiffeq's, except that an output time the last step landed on (step_t) returns that step's y1
@@ -176,7 +176,7 @@ def fast_step(base: type) -> type:
         if not math.isfinite(h):
             h = c["min_step"]
         h = min(max(h, c["min_step"]), c["max_step"])
-        self.func.callback_step(t0, y0, torch.tensor(h, dtype=self.dtype, device=y0.device))
+        self.func.callback_step(t0, y0, torch.scalar_tensor(h, dtype=self.dtype, device=y0.device))
         if not t0f + h > t0f:
             raise AssertionError(f"underflow in dt {h}")  # torchdiffeq's failure, which callers catch
 
@@ -195,8 +195,8 @@ def fast_step(base: type) -> type:
                 t1, h = self.jump_t[self.next_jump_index], j - t0f
         t1f = t0f + h if t1 is None else float(t1)
         if t1 is None:
-            t1 = torch.tensor(t1f, dtype=self.dtype, device=y0.device)
-        dt = torch.tensor(h, dtype=self.dtype, device=y0.device)
+            t1 = torch.scalar_tensor(t1f, dtype=self.dtype, device=y0.device)
+        dt = torch.scalar_tensor(h, dtype=self.dtype, device=y0.device)
         hs = self._sign * h  # the step in the convention of the stages
 
         ks = [f0]
@@ -244,7 +244,7 @@ def fast_step(base: type) -> type:
             factor = c["ifactor"]
         else:
             factor = min(c["ifactor"], max(c["safety"] / ratio ** (1.0 / self.order), 1.0 if ratio < 1.0 else c["dfactor"]))
-        dt_next = torch.tensor(min(max(h * factor, c["min_step"]), c["max_step"]), dtype=self.dtype, device=y0.device)
+        dt_next = torch.scalar_tensor(min(max(h * factor, c["min_step"]), c["max_step"]), dtype=self.dtype, device=y0.device)
         return State(y_next, f_next, t0, t_next, dt_next, interp_coeff)
 
     return type(

@@ -8,6 +8,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ._checks import all_finite
+
 __all__ = ["SampleResult", "CheckedScore", "NonFiniteError"]
 
 
@@ -86,5 +88,5 @@ class CheckedScore:
                 f"{self.name} returned NaN or inf there, or the state had already diverged; check the score model, "
                 "the step size and the time grid."
             )
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise NonFiniteError(f"{where}: the final state holds non-finite values although every score was finite.")

@@ -497,30 +497,31 @@ class _BrownianStack:
     cut this way, and so is a stacked interval longer than the next step. The path is then a true Brownian path
     whatever the accept/reject decisions, so the law of the solution does not depend on the tolerance through the
     rejections. The interval lengths live on the host with the step-size controller (float64 numpy), the
-    increments on the state's device, in one (B, depth, *dims) tensor addressed by (sample, level).
+    increments on the state's device, in one (depth * B, *dims) tensor whose row d * B + i is level d of sample
+    i: pushes and pops are one index_copy_ / index_select, and growing the stacks appends rows.
     """
 
     def __init__(self, like: Tensor):
-        B = like.shape[0]
-        self.h = np.zeros((B, 2))
-        self.depth = np.zeros(B, dtype=np.int64)
-        self.W = like.new_zeros((B, 2, *like.shape[1:]))
+        self.B = like.shape[0]
+        self.h = np.zeros((self.B, 2))
+        self.depth = np.zeros(self.B, dtype=np.int64)
+        self.W = like.new_zeros((2 * self.B, *like.shape[1:]))
 
     def push(self, idx: np.ndarray, h: np.ndarray, W: Tensor) -> None:
         """Push the intervals (h[i], W[i]) on the stacks of the samples idx[i]."""
         d = self.depth[idx]
-        if int(d.max()) + 1 > self.h.shape[1]:  # grow the stacks
+        if int(d.max()) + 1 > self.h.shape[1]:  # double the depth
             self.h = np.concatenate([self.h, np.zeros_like(self.h)], 1)
-            self.W = torch.cat([self.W, torch.zeros_like(self.W)], 1)
+            self.W = torch.cat([self.W, torch.zeros_like(self.W)])
         self.h[idx, d] = h
-        self.W[_on(idx, W), _on(d, W)] = W
+        self.W.index_copy_(0, _on(d * self.B + idx, W), W)
         self.depth[idx] = d + 1
 
     def pop(self, idx: np.ndarray) -> tuple[np.ndarray, Tensor]:
         """Pop the top interval (h, W) of the stacks of the samples idx (each non-empty)."""
         d = self.depth[idx] - 1
         self.depth[idx] = d
-        return self.h[idx, d], self.W[_on(idx, self.W), _on(d, self.W)]
+        return self.h[idx, d], self.W.index_select(0, _on(d * self.B + idx, self.W))
 
 
 def _on(a: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -571,9 +572,10 @@ def adaptive_sde_sample(
     the retry takes W from the Brownian bridge of the rejected increment (`_BrownianStack`), which keeps one
     Brownian path and removes the bias.
 
-    The sampler's own work is some twenty whole-batch tensor operations and one Gaussian draw per iteration,
-    one host synchronisation, and indexed stack updates of the samples that hold or leave a stacked interval
-    (bench/samplers.py measures it).
+    The sampler's own work per iteration is some seventeen whole-batch tensor operations and one Gaussian draw,
+    one host synchronisation, and indexed updates of the rows that are rejected or that take or leave a stacked
+    interval (bench/samplers.py measures it). A linear drift f = a(t) x (`SDE.drift_is_linear`) is folded into
+    the per-sample coefficients, (1 - h a) x, instead of being called.
 
     Args:
         rtol: the relative part of the mixed tolerance atol + rtol |x|.
@@ -602,9 +604,11 @@ def adaptive_sde_sample(
         return _on(np.ascontiguousarray(a, dtype=host_dtype).reshape(a.shape[0], B, *ones), x, x.dtype)
 
     # The per-sample step-size control runs on the host in float64 numpy, the state, the noise and the score on
-    # x's device. Per iteration: one host -> device copy of the coefficients, one device -> host copy of E (the
-    # only synchronisation), one of the noise coefficients, and indexed stack updates of the samples that hold
-    # or leave a stacked interval. Every other tensor operation is a whole-batch fused one.
+    # x's device. Per iteration: one host -> device copy of the coefficients, one device -> host copy of the error
+    # and the step factor (the only synchronisation), one of the noise coefficients, and indexed stack updates
+    # of the samples that hold or leave a stacked interval. Every other tensor operation is a whole-batch one.
+    # A linear drift f = a(t) x (SDE.drift_is_linear) folds into the coefficients: x - h f(x, t) = (1 - h a) x.
+    linear = sde.drift_is_linear
     stack = _BrownianStack(x)
     t = np.full(B, float(sde.T))
     h = np.full(B, min(h_init, sde.T - eps))
@@ -620,18 +624,28 @@ def adaptive_sde_sample(
                 f"{t.max():.4g}); loosen rtol/atol or raise max_evals."
             )
         t_next = t - h
-        times = torch.from_numpy(np.stack([t, t_next]))
-        t64 = times.to(x.device)
-        g = sde.g(times.reshape(-1)).cpu().numpy().reshape(2, B)  # g(t), g(t - h), on the host
-        # per-sample coefficients, one copy: h, h g(t)^2, g(t), h g(t-h)^2, g(t-h), t, t - h
-        c = rows(np.stack([h, h * g[0] * g[0], g[0], h * g[1] * g[1], g[1], t, t_next]))
-        s1 = score(x, c[5].reshape(B))
-        x1 = torch.addcmul(torch.addcmul(x, c[0], sde.f(x, t64[0]), value=-1.0), c[1], s1).addcmul_(c[2], W)
-        s2 = score(x1, c[6].reshape(B))
-        xt = torch.addcmul(torch.addcmul(x, c[0], sde.f(x1, t64[1]), value=-1.0), c[3], s2).addcmul_(c[4], W)
+        times = torch.from_numpy(np.concatenate([t, t_next]))  # t, t - h on the host
+        g = sde.g(times).numpy()
+        g0, g1 = g[:B], g[B:]
+        if linear:
+            lam = sde.linear_drift(times).numpy()  # x - h f(x, t) = (1 - h a(t)) x;  - h f(x', t - h) = -h a(t - h) x'
+            k0, k3 = 1.0 - h * lam[:B], -h * lam[B:]
+        else:
+            k0 = k3 = h
+            t64 = times.to(x.device)
+        # per-sample coefficients, one copy: k0, h g(t)^2, g(t), k3, h g(t-h)^2, g(t-h), t, t - h
+        c = rows(np.stack([k0, h * g0 * g0, g0, k3, h * g1 * g1, g1, t, t_next]))
+        s1 = score(x, c[6].reshape(B))
+        x1 = torch.mul(x, c[0]) if linear else torch.addcmul(x, c[0], sde.f(x, t64[:B]), value=-1.0)
+        x1 = x1.addcmul_(c[1], s1).addcmul_(c[2], W)
+        s2 = score(x1, c[7].reshape(B))
+        xt = torch.addcmul(x, c[3], x1) if linear else torch.addcmul(x, c[3], sde.f(x1, t64[B:]), value=-1.0)
+        xt = xt.addcmul_(c[4], s2).addcmul_(c[5], W)
         a1 = x1.abs().clamp_min_(floor)
         E = torch.linalg.vector_norm((x1 - xt).div_(torch.maximum(a1, abs_prev)).flatten(1), dim=1)
-        E = E.to(torch.float64).cpu().numpy() * scale  # the one synchronisation of the iteration
+        E = E.to(torch.float64).mul_(scale)
+        # the error and the controller's factor E^-exponent, in one copy: the one synchronisation of the iteration
+        E, factor = torch.stack([E, E.clamp_min(1e-10).pow_(-exponent)]).cpu().numpy()
         if not np.isfinite(E).all():
             score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
             raise NonFiniteError(
@@ -640,15 +654,16 @@ def adaptive_sde_sample(
             )
         accept = E <= 1.0
         # accepted: x'' (and x' becomes x'_prev); rejected samples keep their state
-        x_new = torch.lerp(x1, xt, 0.5)
-        if accept.all():
-            x, abs_prev = x_new, a1
-        else:
-            keep = _on(accept.reshape(B, *ones), x)
-            x, abs_prev = torch.where(keep, x_new, x), torch.where(keep, a1, abs_prev)
+        x_new = x1.lerp_(xt, 0.5)
+        rejected = np.flatnonzero(~accept)
+        if rejected.size:  # copy their rows back (cheaper than a whole-batch where while rejections are few)
+            rows_back = _on(rejected, x)
+            x_new.index_copy_(0, rows_back, x.index_select(0, rows_back))
+            a1.index_copy_(0, rows_back, abs_prev.index_select(0, rows_back))
+        x, abs_prev = x_new, a1
         t = np.where(accept, t_next, t)
         t[t - eps < 1e-12] = eps  # land exactly on eps
-        h_ctrl = safety * h * np.maximum(E, 1e-10) ** -exponent
+        h_ctrl = safety * h * factor
         # rejected: retry on [t - h', t] with h' < h; accepted: the next step (0 once at eps, which freezes the sample)
         h_new = np.where(accept, np.minimum(h_ctrl, t - eps), np.minimum(h_ctrl, 0.99 * h))
         # The next increments, W_new = a W_base + b xi for every sample at once: fresh (a = 0, b = sqrt(h_new)), or
@@ -662,7 +677,7 @@ def adaptive_sde_sample(
             popped = np.flatnonzero(accept & (t > eps) & (stack.depth > 0))
             if popped.size:  # accepted with a stacked interval: take it, cut to h_new if it is longer
                 hp, Wp = stack.pop(popped)
-                W[_on(popped, x)] = Wp
+                W.index_copy_(0, _on(popped, x), Wp)
                 base_h[popped] = hp
                 cut[popped] = h_new[popped] < hp
                 whole = popped[h_new[popped] >= hp]
@@ -672,11 +687,11 @@ def adaptive_sde_sample(
         b = np.sqrt(h_new * (1.0 - a))
         ab = rows(np.stack([a, b]))
         xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        W_new = torch.mul(W, ab[0]).add_(xi.mul_(ab[1]))
+        W_new = torch.mul(W, ab[0]).addcmul_(xi, ab[1])
         pushed = np.flatnonzero(cut)
         if pushed.size:  # the rest of every cut interval: (h_b - h_new, W_base - W_new)
             pd = _on(pushed, x)
-            stack.push(pushed, base_h[pushed] - h_new[pushed], W[pd] - W_new[pd])
+            stack.push(pushed, base_h[pushed] - h_new[pushed], W.index_select(0, pd).sub_(W_new.index_select(0, pd)))
         h, W = h_new, W_new
         if not (t > eps).any():
             break

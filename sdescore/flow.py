@@ -67,8 +67,37 @@ class ProbabilityFlowODE:
                 "torchdiffeq solvers probe past the end time, so integrate with ode.sample / ode.encode, or pass "
                 "options={'step_t': end_time} to odeint and end inside (0, T]."
             )
-        t = torch.as_tensor(t, dtype=torch.float64, device=x.device).expand(x.shape[0])
-        return self.velocity(x, t)
+        return self.func(self.score_fn, 0.0, self.sde.T)(t, x)
+
+    def func(self, score: ScoreFn, lo: float, hi: float) -> Callable[[Tensor | float, Tensor], Tensor]:
+        """The solvers' func(t, y) = velocity(y, t) for one time t shared by the batch, clamped to [lo, hi].
+
+        Clamping keeps the probes of torchdiffeq's adaptive step-size heuristic inside the interval. Where the
+        drift is linear (`SDE.drift_is_linear`: f = a(t) x) the velocity is formed from two host scalars,
+        v = a(t) x - (g(t)^2 / 2) s: two whole-state operations and no per-sample coefficient tensors; otherwise
+        it is `velocity` at t repeated over the batch.
+        """
+        sde = self.sde
+
+        def func(t: Tensor | float, y: Tensor) -> Tensor:
+            tv = torch.as_tensor(t, dtype=torch.float64, device=y.device).clamp(lo, hi)
+            return self.velocity(y, tv.expand(y.shape[0]), score)
+
+        if not sde.drift_is_linear:
+            return func
+
+        def linear(t: Tensor | float, y: Tensor) -> Tensor:
+            if isinstance(t, Tensor) and t.requires_grad:  # keep the graph through t (host floats would cut it)
+                return func(t, y)
+            tv = min(max(float(t), lo), hi)
+            th = torch.tensor([tv], dtype=torch.float64)  # the coefficients on the host, in float64
+            a, g = float(sde.linear_drift(th)), float(sde.g(th))
+            s = score(y, torch.full((y.shape[0],), tv, dtype=y.dtype, device=y.device))
+            if a == 0.0:
+                return torch.mul(s, -0.5 * g * g)
+            return torch.mul(y, a).add_(s, alpha=-0.5 * g * g)
+
+        return linear
 
     def sample(
         self,
@@ -110,16 +139,7 @@ class ProbabilityFlowODE:
         lo, hi = min(t0, t1), max(t0, t1)
         options = solver_options(method, rtol, atol, steps, t0, t1, x.device)
 
-        if method in ADAPTIVE_METHODS:
-
-            def func(t: Tensor, y: Tensor) -> Tensor:
-                return self.velocity(y, t.to(torch.float64).clamp(lo, hi).expand(y.shape[0]), score)
-
-        else:  # a fixed grid inside [lo, hi]: every stage time lies in the interval
-
-            def func(t: Tensor, y: Tensor) -> Tensor:
-                return self.velocity(y, t.to(torch.float64).expand(y.shape[0]), score)
-
+        func = self.func(score, lo, hi)  # fixed grids lie inside [lo, hi]; adaptive probes are clamped there
         h = (hi - lo) / steps if steps else None
 
         def step_of(k: int, t: float) -> int:

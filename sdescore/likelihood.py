@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_data, check_eps, check_generator, check_int
+from ._checks import all_finite, check_choice, check_data, check_eps, check_generator, check_int
 from ._score import CheckedScore, NonFiniteError
 from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD, ProbabilityFlowODE, odeint_naming_nonfinite, solver_options
 from .sde import SDE, ScoreFn, VPSDE
@@ -450,7 +450,7 @@ def log_likelihood(
         return min(int(abs(tv.tau(sde, min(max(t, eps), sde.T)) - tau0) / abs(h) + 1e-6), steps - 1)
 
     score.raise_if_nonfinite(z, "log_likelihood", step_of)
-    if not bool(torch.isfinite(delta_logp).all()):
+    if not all_finite(delta_logp):
         raise NonFiniteError("log_likelihood: delta_logp is non-finite although every score was finite; check score_fn's gradient.")
     prior = prior_logp(z)
     if not isinstance(prior, Tensor) or prior.shape != (B,):

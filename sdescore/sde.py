@@ -56,6 +56,23 @@ class SDE(abc.ABC):
     def g(self, t: Tensor) -> Tensor:
         """Diffusion coefficient g(t) of shape (B,). t: (B,)."""
 
+    def linear_drift(self, t: Tensor) -> Tensor | None:
+        """The coefficient a(t), shape (B,), of a drift linear in x, f(x, t) = a(t) x; None where f is not of that form.
+
+        Solvers that meet one time for the whole batch (the probability-flow ODE) read it to form the drift from
+        a host scalar: one whole-state operation instead of f's several. Overriding it states f(x, t) = a(t) x;
+        it is read only where the class that overrides it is the one defining f or a subclass of it
+        (`drift_is_linear`), so a subclass that redefines f alone falls back to f.
+        """
+        return None
+
+    @property
+    def drift_is_linear(self) -> bool:
+        """Whether `linear_drift` describes `f`: overridden by the class that defines f, or by a subclass of it."""
+        mro = type(self).__mro__
+        lin = next(c for c in mro if "linear_drift" in vars(c))
+        return lin is not SDE and issubclass(lin, next(c for c in mro if "f" in vars(c)))
+
     def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """Coefficients (alpha(t), std(t)), each (B,), of p_t(x | x0) = N(alpha(t) x0, std(t)^2 I)."""
         raise NotImplementedError(
@@ -193,6 +210,9 @@ class VESDE(SDE):
     def f(self, x: Tensor, t: Tensor) -> Tensor:
         return torch.zeros_like(x)
 
+    def linear_drift(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(t)
+
     def g(self, t: Tensor) -> Tensor:
         return self.sigma(t) * math.sqrt(2 * self._log_ratio)
 
@@ -249,7 +269,10 @@ class _LinearBetaSDE(SDE):
         return 2.0 * c / (self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * d * c))
 
     def f(self, x: Tensor, t: Tensor) -> Tensor:
-        return -0.5 * batch_view(self.beta(t), x) * x
+        return batch_view(self.linear_drift(t), x) * x
+
+    def linear_drift(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
 
     @property
     def prior_std(self) -> float:

@@ -162,3 +162,38 @@ def test_times_are_checked(sde):
         sde.drift(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0.5]))
     with pytest.raises(ValueError, match="noise must be a tensor shaped like x0"):
         sde.perturb(x, torch.full((3,), 0.5), torch.zeros(3, 3))
+
+
+def test_linear_drift_is_the_coefficient_of_the_drift(sde):
+    """The built-in drifts are linear, f(x, t) = a(t) x, and say so; the solvers may form f from a(t) alone."""
+    t = torch.linspace(0.0, 1.0, 9, dtype=torch.float64)
+    x = torch.randn(9, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    assert sde.drift_is_linear
+    torch.testing.assert_close(sde.linear_drift(t)[:, None, None] * x, sde.f(x, t), rtol=1e-15, atol=0.0)
+
+
+def test_a_subclass_that_redefines_the_drift_alone_is_not_read_through_linear_drift():
+    """Overriding f without linear_drift must not leave a stale a(t) in the solvers' way (drift_is_linear False);
+    a class that is not linear says nothing (None), and overriding both is linear again."""
+
+    class Nonlinear(sds.VPSDE):
+        def f(self, x, t):
+            return -torch.sinh(x)
+
+    class Relinearized(Nonlinear):
+        def linear_drift(self, t):
+            return -torch.ones_like(t)
+
+        def f(self, x, t):
+            return -x
+
+    class Bare(sds.SDE):
+        def f(self, x, t):
+            return -x
+
+        def g(self, t):
+            return torch.ones_like(t)
+
+    assert not Nonlinear().drift_is_linear and not Bare().drift_is_linear
+    assert Bare().linear_drift(_t(0.5)) is None
+    assert Relinearized().drift_is_linear

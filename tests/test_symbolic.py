@@ -72,6 +72,8 @@ def test_a_users_schedule_gets_its_closed_form_and_an_sde():
     torch.testing.assert_close(sde.g(times), torch.sqrt(6.0 * times))
     x = torch.randn(7, 2, dtype=torch.float64)
     torch.testing.assert_close(sde.f(x, times), -3.0 * times[:, None] * x)
+    assert sde.drift_is_linear
+    torch.testing.assert_close(sde.linear_drift(times), -3.0 * times)
     assert sym.kernel_error(sde, kernel, {b: 3.0}) < 1e-12
     # the user's SDE plugs into the closed-form mixtures like the built-in ones
     s = ncsn_toy().score_fn(sde)(x, times)

@@ -125,6 +125,9 @@ class SymbolicSDE(SDE):
     def f(self, x: Tensor, time: Tensor) -> Tensor:
         return batch_view(self._fg(time)[0], x) * x
 
+    def linear_drift(self, time: Tensor) -> Tensor:
+        return self._fg(time)[0]
+
     def g(self, time: Tensor) -> Tensor:
         return self._fg(time)[1]
 
