@@ -10,9 +10,9 @@ table), alternately, each run followed by two MLP calls; the figures are the med
 (own time per evaluation / MLP call) for each version, and of the per-repeat ratio new / old. Pairing in one
 process cancels most of the drift of a shared machine, which moves unpaired figures by tens of percent.
 
-One caveat: both packages register Tsitouras' pair with torchdiffeq under the name 'tsit5', and the last
-registration (this checkout's, imported second) is the one both versions' `adaptive_ode` run; what is compared
-for it is everything around torchdiffeq's step (the velocity, the checks, the set-up).
+Both packages register Tsitouras' pair with torchdiffeq under the name 'tsit5' (with their own step,
+`sdescore._rk`); each version's class is put back in torchdiffeq's table before each of its runs, so each
+`adaptive_ode` runs with its own step.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchdiffeq._impl.odeint import SOLVERS
 
 from mlp import MLPScore
 
@@ -42,8 +43,9 @@ def load_at(rev: str, into: Path):
     return importlib.import_module("sdescore_at_rev")
 
 
-def sampler_call(pkg, name: str, sde_score, x_T: torch.Tensor):
-    """A no-argument call of sampler `name` of package `pkg` with the overhead table's settings."""
+def sampler_call(pkg, name: str, sde_score, x_T: torch.Tensor, tsit5):
+    """A no-argument call of sampler `name` of package `pkg` with the overhead table's settings, run with the
+    torchdiffeq solver class `tsit5` (the one `pkg` registered) under that name."""
     sampler, sde = pkg.fast.FAST_SAMPLERS[name], pkg.VPSDE()
     if name == "adaptive_ode":
         kw = dict(rtol=1e-3, atol=1e-3)
@@ -51,7 +53,13 @@ def sampler_call(pkg, name: str, sde_score, x_T: torch.Tensor):
         kw = dict(rtol=0.1, generator=torch.Generator().manual_seed(0))
     else:
         kw = dict(steps=sampler.steps_for(50), generator=torch.Generator().manual_seed(0))
-    return lambda: sampler(sde, sde_score, x_T, eps=1e-3, **kw)
+
+    def call():
+        if tsit5 is not None:
+            SOLVERS["tsit5"] = tsit5
+        return sampler(sde, sde_score, x_T, eps=1e-3, **kw)
+
+    return call
 
 
 def main(argv=None) -> None:
@@ -64,8 +72,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
+        native = SOLVERS.get("tsit5")
         old = load_at(args.rev, Path(tmp))
-        import sdescore as new  # imported second: its 'tsit5' registration is the one in force
+        old_tsit5 = SOLVERS.get("tsit5")
+        if old_tsit5 is not native:  # sdescore registers 'tsit5' only where the name is free
+            del SOLVERS["tsit5"]
+        import sdescore as new
+
+        new_tsit5 = SOLVERS.get("tsit5")
 
         print("| d | sampler | nfe old / new | own work, old | own work, new | new / old (median of paired ratios) |")
         print("|---|---|---|---|---|---|")
@@ -80,7 +94,8 @@ def main(argv=None) -> None:
                     return out
 
                 for name in args.samplers:
-                    calls = {"old": sampler_call(old, name, free, x_T), "new": sampler_call(new, name, free, x_T)}
+                    calls = {"old": sampler_call(old, name, free, x_T, old_tsit5),
+                             "new": sampler_call(new, name, free, x_T, new_tsit5)}
                     nfe = {k: f().nfe for k, f in calls.items()}  # also the warm-up
                     shares = {"old": [], "new": []}
                     for _ in range(args.repeats):

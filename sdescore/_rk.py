@@ -14,18 +14,20 @@ tableau, order and half-step weights whose `_adaptive_step` computes
 
 as one `torch.add(y0, k_1, alpha=h a_i1)` followed by in-place `add_(k_j, alpha=h a_ij)` (skipping zero
 weights), and runs the controller on host floats; torchdiffeq's per-evaluation wrappers (time reversal, the
-perturbation of a step's end time) are absorbed into the step. Everything else is torchdiffeq's: the set-up and
-initial step (Hairer et al., II.4), the norm (per tensor for tuple states), `step_t` and `jump_t`, the callbacks,
-the output loop and event handling, and the accept rule and step-size update of `_adaptive_step`, which this
-mirrors:
+perturbation of a step's end time) are absorbed into the step. The set-up (`_before_integrate`) is torchdiffeq's
+too, done on the host: f(t0), the initial step of Hairer et al. (II.4) with torchdiffeq's formula on Python
+floats, and `step_t` / `jump_t` sorted and checked as lists (torchdiffeq does these on 0-d tensors and with
+`torch.sort` / `torch.unique`, about 0.6 ms of a solve's fixed cost). Everything else is torchdiffeq's: the
+norm (per tensor for tuple states), the callbacks, the output loop and event handling, and the accept rule and
+step-size update of `_adaptive_step`, which this mirrors:
 
     accept iff ||err / (atol + rtol max(|y0|, |y1|))|| <= 1,
     h_next = h min(ifactor, max(safety ratio^(-1/order), dfactor if rejected else 1)).
 
 Three deliberate differences, tested in tests/test_rk.py: the function receives t in the solver's time dtype
-(float64 by default) where torchdiffeq's wrapper rounds it to the state's dtype (float32 times carry 1e-7
+(float64 by default; in the set-up's two evaluations too) where torchdiffeq's wrapper rounds it to the state's dtype (float32 times carry 1e-7
 relative errors, which its own source flags as possibly buggy); the tolerance weights are formed in the state's
-dtype where torchdiffeq promotes them to float64; and the dense-output polynomial is fitted only when something
+dtype where torchdiffeq promotes them to float64 (in the initial-step heuristic too); and the dense-output polynomial is fitted only when something
 reads it (`_advance` does so once per output time, and not at all when the last step lands on it). Where a
 gradient is being recorded through the solve (grad mode on and the state, its derivative, the first step or the times
 requiring grad), and for complex states, the step is torchdiffeq's own: its backward also runs through the
@@ -34,6 +36,7 @@ step sizes, which host floats would cut.
 
 from __future__ import annotations
 
+import bisect
 import importlib
 import math
 from collections.abc import Sequence
@@ -71,6 +74,11 @@ def _next_float(t: float, dtype: torch.dtype, up: bool) -> float:
     return float(torch.nextafter(x, torch.tensor(math.inf if up else -math.inf, dtype=dtype)))
 
 
+def _recorded(*tensors: Tensor | None) -> bool:
+    """Whether autograd is recording through any of the tensors (None: absent)."""
+    return torch.is_grad_enabled() and any(v is not None and v.requires_grad for v in tensors)
+
+
 def _rms(x: Tensor) -> Tensor:
     """sqrt(mean(|x|^2)), torchdiffeq's default norm, as one reduction."""
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
@@ -101,6 +109,7 @@ def fast_step(base: type) -> type:
     misc = importlib.import_module("torchdiffeq._impl.misc")
     interp = importlib.import_module("torchdiffeq._impl.interp")
     interp_fit, interp_evaluate, rms_norm = interp._interp_fit, interp._interp_evaluate, misc._rms_norm
+    select_initial_step = misc._select_initial_step
     State, Perturb, PerturbFunc, ReverseFunc = rk_common._RungeKuttaState, misc.Perturb, misc._PerturbFunc, misc._ReverseFunc
 
     tab = base.tableau
@@ -113,21 +122,6 @@ def fast_step(base: type) -> type:
     fsal = b_sol[-1] == 0.0 and b_sol[:-1] == rows[-1]
 
     def _before_integrate(self: Any, t: Tensor) -> None:
-        base._before_integrate(self, t)
-        # torchdiffeq's own step wherever a gradient is being recorded (its backward also runs through the chosen
-        # step sizes, which host floats would cut) and for complex states
-        state = self.rk_state
-        recorded = torch.is_grad_enabled() and any(v.requires_grad for v in (t, self.y0, state.f1, state.dt))
-        self._fast = not (recorded or self.y0.is_complex())
-        if not self._fast:
-            return
-        self._step_list = self.step_t.tolist()
-        self._jump_list = self.jump_t.tolist()
-        self._ctl = {k: float(getattr(self, k)) for k in ("min_step", "max_step", "safety", "ifactor", "dfactor")}
-        self._tol = [v.to(self.y0.dtype) if v.numel() > 1 else float(v) for v in (self.rtol, self.atol)]
-        self._abs: tuple[Tensor | None, Tensor | None] = (None, None)  # |y1| of the last step, |y0| of the next
-        # torchdiffeq's default norm abs().pow(2).mean().sqrt() as one reduction; a tuple state keeps its own
-        self._norm = _rms if self.norm is rms_norm else self.norm
         # odeint wraps the function as _PerturbFunc(_ReverseFunc(f, mul=-1)) when time decreases, else as
         # _PerturbFunc(f). The perturbation (t moved to the neighbouring float at a step's end) is done here on
         # the host, and the reversal f(-s) * (-1) is absorbed into the step: stages hold f itself and are
@@ -140,8 +134,56 @@ def fast_step(base: type) -> type:
                 self._raw, self._sign = inner.base_func, -1.0
             elif type(inner) is not ReverseFunc:
                 self._raw = inner
-        if self._sign != 1.0:
-            self.rk_state = self.rk_state._replace(f1=self.rk_state.f1 * self._sign)
+        self._ctl = {k: float(getattr(self, k)) for k in ("min_step", "max_step", "safety", "ifactor", "dfactor")}
+        self._tol = [v.to(self.y0.dtype) if v.numel() > 1 else float(v) for v in (self.rtol, self.atol)]
+        self._abs: tuple[Tensor | None, Tensor | None] = (None, None)  # |y1| of the last step, |y0| of the next
+        # torchdiffeq's default norm abs().pow(2).mean().sqrt() as one reduction; a tuple state keeps its own
+        self._norm = _rms if self.norm is rms_norm else self.norm
+        if self._raw is None or self.y0.is_complex():
+            base._before_integrate(self, t)
+            state = self.rk_state
+            self._fast = not (self.y0.is_complex() or _recorded(t, self.y0, state.f1, state.dt))
+        else:
+            _set_up(self, t)
+        self._step_list = self.step_t.tolist()
+        self._jump_list = self.jump_t.tolist()
+
+    def _set_up(self: Any, t: Tensor) -> None:
+        """torchdiffeq's _before_integrate with the initial step and the step_t / jump_t lists on the host."""
+        y0, t0f, device = self.y0, float(t[0].detach()), self.y0.device
+        f0 = self._eval(t0f, y0, Perturb.NONE)
+        # torchdiffeq's own step wherever a gradient is being recorded (its backward also runs through the chosen
+        # step sizes, which host floats would cut)
+        self._fast = not _recorded(t, y0, f0, self.first_step)
+        if self.first_step is not None:
+            first = self.first_step
+        elif self._fast:
+            first = torch.scalar_tensor(_initial_step(self, t0f, y0, f0), dtype=self.dtype, device=device)
+        else:
+            first = select_initial_step(self.func, t[0], y0, self.order - 1, self.rtol, self.atol, self.norm,
+                                        f0=self._sign * f0)
+        self.rk_state = State(y0, f0 if self._fast else self._sign * f0, t[0], t[0], first, [y0] * 5)
+        # step_t and jump_t: the times at or after t0, sorted, none in both (torchdiffeq's _sort_tvals and check)
+        lists = [sorted(v for v in tv.tolist() if v >= t0f) if tv is not None else [] for tv in (self.step_t, self.jump_t)]
+        if len(set(lists[0] + lists[1])) < len(lists[0]) + len(lists[1]):
+            raise ValueError("`step_t` and `jump_t` must not have any repeated elements between them.")
+        self.step_t, self.jump_t = (torch.tensor(v, dtype=self.dtype, device=device) for v in lists)
+        self.next_step_index = min(bisect.bisect(lists[0], t0f), len(lists[0]) - 1)
+        self.next_jump_index = min(bisect.bisect(lists[1], t0f), len(lists[1]) - 1)
+
+    def _initial_step(self: Any, t0f: float, y0: Tensor, f0: Tensor) -> float:
+        """Hairer et al. (II.4) as torchdiffeq's _select_initial_step, on host floats; f0 in the stages' convention."""
+        rtol, atol = self._tol
+        scale = y0.abs().mul_(rtol).add_(atol)
+        d0, d1 = float(self._norm(y0 / scale)), float(self._norm(f0 / scale))
+        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+        f1 = self._eval(t0f + h0, torch.add(y0, f0, alpha=self._sign * h0), Perturb.NONE)
+        d2 = float(self._norm((f1 - f0).div_(scale))) / h0
+        if d1 <= 1e-15 and d2 <= 1e-15:
+            h1 = max(1e-6, h0 * 1e-3)
+        else:
+            h1 = (0.01 / max(d1, d2)) ** (1.0 / self.order)  # torchdiffeq passes order - 1 and takes 1 / (that + 1)
+        return min(100.0 * h0, h1)
 
     def _eval(self: Any, t: float, y: Tensor, perturb: Any) -> Tensor:
         """The stage derivative at time t (a float in the solver's time), in the step's convention."""
