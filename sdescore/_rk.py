@@ -25,13 +25,14 @@ step-size update of `_adaptive_step`, which this mirrors:
     h_next = h min(ifactor, max(safety ratio^(-1/order), dfactor if rejected else 1)).
 
 Three deliberate differences, tested in tests/test_rk.py: the function receives t in the solver's time dtype
-(float64 by default; in the set-up's two evaluations too) where torchdiffeq's wrapper rounds it to the state's dtype (float32 times carry 1e-7
-relative errors, which its own source flags as possibly buggy); the tolerance weights are formed in the state's
-dtype where torchdiffeq promotes them to float64 (in the initial-step heuristic too); and the dense-output polynomial is fitted only when something
-reads it (`_advance` does so once per output time, and not at all when the last step lands on it). Where a
-gradient is being recorded through the solve (grad mode on and the state, its derivative, the first step or the times
-requiring grad), and for complex states, the step is torchdiffeq's own: its backward also runs through the
-step sizes, which host floats would cut.
+(float64 by default, in the set-up's two evaluations too) where torchdiffeq's wrapper rounds it to the state's
+dtype (float32 times carry 1e-7 relative errors, which its own source flags as possibly buggy); the tolerance
+weights are formed in the state's dtype where torchdiffeq promotes them to float64 (in the initial-step
+heuristic too); and the dense-output polynomial is fitted only when something reads it (`_advance` does so once
+per output time, and not at all when the last step lands on it). Where a gradient is being recorded through the
+solve (grad mode on and the state, its derivative, the first step or the times requiring grad), and for complex
+states, the step is torchdiffeq's own: its backward also runs through the step sizes, which host floats would
+cut.
 """
 
 from __future__ import annotations
@@ -143,10 +144,9 @@ def fast_step(base: type) -> type:
             base._before_integrate(self, t)
             state = self.rk_state
             self._fast = not (self.y0.is_complex() or _recorded(t, self.y0, state.f1, state.dt))
+            self._step_list, self._jump_list = self.step_t.tolist(), self.jump_t.tolist()
         else:
             _set_up(self, t)
-        self._step_list = self.step_t.tolist()
-        self._jump_list = self.jump_t.tolist()
 
     def _set_up(self: Any, t: Tensor) -> None:
         """torchdiffeq's _before_integrate with the initial step and the step_t / jump_t lists on the host."""
@@ -164,12 +164,16 @@ def fast_step(base: type) -> type:
                                         f0=self._sign * f0)
         self.rk_state = State(y0, f0 if self._fast else self._sign * f0, t[0], t[0], first, [y0] * 5)
         # step_t and jump_t: the times at or after t0, sorted, none in both (torchdiffeq's _sort_tvals and check)
-        lists = [sorted(v for v in tv.tolist() if v >= t0f) if tv is not None else [] for tv in (self.step_t, self.jump_t)]
-        if len(set(lists[0] + lists[1])) < len(lists[0]) + len(lists[1]):
-            raise ValueError("`step_t` and `jump_t` must not have any repeated elements between them.")
-        self.step_t, self.jump_t = (torch.tensor(v, dtype=self.dtype, device=device) for v in lists)
-        self.next_step_index = min(bisect.bisect(lists[0], t0f), len(lists[0]) - 1)
-        self.next_jump_index = min(bisect.bisect(lists[1], t0f), len(lists[1]) - 1)
+        steps, jumps = (sorted(v for v in tv.tolist() if v >= t0f) if tv is not None else [] for tv in (self.step_t, self.jump_t))
+        repeated = sorted({v for v in steps + jumps if (steps + jumps).count(v) > 1})
+        if repeated:
+            raise ValueError(
+                f"`step_t` and `jump_t` must not have any repeated elements between them, got {repeated} more than once."
+            )
+        self.step_t, self.jump_t = (torch.tensor(v, dtype=self.dtype, device=device) for v in (steps, jumps))
+        self._step_list, self._jump_list = steps, jumps
+        self.next_step_index = min(bisect.bisect(steps, t0f), len(steps) - 1)
+        self.next_jump_index = min(bisect.bisect(jumps, t0f), len(jumps) - 1)
 
     def _initial_step(self: Any, t0f: float, y0: Tensor, f0: Tensor) -> float:
         """Hairer et al. (II.4) as torchdiffeq's _select_initial_step, on host floats; f0 in the stages' convention."""

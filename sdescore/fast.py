@@ -603,16 +603,20 @@ def adaptive_sde_sample(
     def rows(a: np.ndarray) -> Tensor:  # (k, B) host -> (k, B, 1, ..., 1) on x's device, in x's dtype
         return _on(np.ascontiguousarray(a, dtype=host_dtype).reshape(a.shape[0], B, *ones), x, x.dtype)
 
+    def randn() -> Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
     # The per-sample step-size control runs on the host in float64 numpy, the state, the noise and the score on
     # x's device. Per iteration: one host -> device copy of the coefficients, one device -> host copy of the error
-    # and the step factor (the only synchronisation), one of the noise coefficients, and indexed stack updates
-    # of the samples that hold or leave a stacked interval. Every other tensor operation is a whole-batch one.
+    # and the step factor (the only synchronisation), one of the noise coefficients, and indexed updates of the
+    # rows that are rejected or that take or leave a stacked interval. Every other tensor operation is a
+    # whole-batch one.
     # A linear drift f = a(t) x (SDE.drift_is_linear) folds into the coefficients: x - h f(x, t) = (1 - h a) x.
     linear = sde.drift_is_linear
     stack = _BrownianStack(x)
     t = np.full(B, float(sde.T))
     h = np.full(B, min(h_init, sde.T - eps))
-    W = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device).mul_(rows(np.sqrt(h)[None])[0])
+    W = randn().mul_(rows(np.sqrt(h)[None])[0])
     # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2;
     # the state keeps max(|x'_prev|, atol / rtol)
     floor, scale = atol / rtol, 1.0 / (2.0 * rtol * math.sqrt(D))
@@ -686,7 +690,7 @@ def adaptive_sde_sample(
         a = np.where(cut, np.divide(h_new, base_h, out=np.zeros(B), where=cut), a)
         b = np.sqrt(h_new * (1.0 - a))
         ab = rows(np.stack([a, b]))
-        xi = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        xi = randn()
         W_new = torch.mul(W, ab[0]).addcmul_(xi, ab[1])
         pushed = np.flatnonzero(cut)
         if pushed.size:  # the rest of every cut interval: (h_b - h_new, W_base - W_new)

@@ -52,7 +52,10 @@ class ProbabilityFlowODE:
         return f"ProbabilityFlowODE({self.sde!r})"
 
     def velocity(self, x: Tensor, t: Tensor, score: ScoreFn | None = None) -> Tensor:
-        """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 at times t of shape (B,), unchecked (the solvers' entry)."""
+        """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 at per-sample times t of shape (B,), unchecked.
+
+        The likelihood's entry, and `func`'s where the drift is not linear.
+        """
         t64 = t if t.dtype == torch.float64 else t.to(torch.float64)
         g = self.sde.g(t64)
         s = (score or self.score_fn)(x, t64.to(x.dtype))

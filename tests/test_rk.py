@@ -139,6 +139,13 @@ def test_step_t_and_jump_t(reference):
     assert float((y - y_ref).abs().max()) < 1e-13
     exact = torch.tensor([1.0, math.exp(-0.45), math.exp(-0.499), math.exp(-0.5 - 0.9), math.exp(-0.5 - 1.5)], **F64)
     assert float((y[:, 0] - exact).abs().max()) < 1e-8
+    # a time in both step_t and jump_t is refused by both set-ups; sdescore's names it
+    both = dict(rtol=1e-6, atol=1e-9, options={"jump_t": torch.tensor([0.5], **F64), "step_t": torch.tensor([0.5, 0.8], **F64)})
+    for method in ("tsit5", reference):
+        with pytest.raises(ValueError, match="repeated elements"):
+            torchdiffeq.odeint(f, y0, t, method=method, **both)
+    with pytest.raises(ValueError, match=r"got \[0\.5\] more than once"):
+        torchdiffeq.odeint(f, y0, t, method="tsit5", **both)
 
 
 def test_events_are_located_as_by_torchdiffeq(reference):

@@ -197,3 +197,12 @@ def test_a_subclass_that_redefines_the_drift_alone_is_not_read_through_linear_dr
     assert not Nonlinear().drift_is_linear and not Bare().drift_is_linear
     assert Bare().linear_drift(_t(0.5)) is None
     assert Relinearized().drift_is_linear
+    # and the probability-flow function reads the redefined f: v = -sinh(x) - g^2 s / 2, not the VP's -beta x / 2
+    sde = Nonlinear()
+    x = torch.linspace(-2.0, 2.0, 12, dtype=torch.float64).reshape(6, 2)
+
+    def score(y, t):
+        return -y
+
+    v = sde.probability_flow(score).func(score, 0.0, 1.0)(torch.tensor(0.3, dtype=torch.float64), x)
+    torch.testing.assert_close(v, -torch.sinh(x) + 0.5 * sde.g(_t(0.3)) ** 2 * x, rtol=1e-14, atol=1e-14)
