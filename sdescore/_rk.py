@@ -29,7 +29,16 @@ Three deliberate differences, tested in tests/test_rk.py: the function receives 
 dtype (float32 times carry 1e-7 relative errors, which its own source flags as possibly buggy); the tolerance
 weights are formed in the state's dtype where torchdiffeq promotes them to float64 (in the initial-step
 heuristic too); and the dense-output polynomial is fitted only when something reads it (`_advance` does so once
-per output time, and not at all when the last step lands on it). Where a gradient is being recorded through the
+per output time, and not at all when the last step lands on it).
+
+A function may also offer two entries that the step uses where the solver's time is float64 (sdescore's
+probability-flow function for a linear drift does, `sdescore.flow._LinearFlow`): `prepare(times)`, called with
+each step's stage times before they are evaluated (one coefficient computation per step instead of per
+evaluation), and `scaled(t, y) -> (k, m)` with f(t, y) = m k, t a float: the step holds its stages as (k, m)
+and folds m into the weights above, so that a velocity a y + c s costs one whole-state operation (k = s +
+(a / c) y, m = c, say) instead of two. The state's f1 may then be such a k; the step keeps its m.
+
+Where a gradient is being recorded through the
 solve (grad mode on and the state, its derivative, the first step or the times requiring grad), and for complex
 states, the step is torchdiffeq's own: its backward also runs through the step sizes, which host floats would
 cut.
@@ -50,21 +59,28 @@ __all__ = ["fast_step"]
 
 
 
-def _axpy_chain(base: Tensor | None, ks: Sequence[Tensor], weights: Sequence[float], h: float) -> Tensor:
-    """base + h sum_j w_j k_j (base None: 0), one out-of-place op and then in-place ones, zero weights skipped."""
+def _axpy_chain(base: Tensor | None, ks: Sequence[Tensor], weights: Sequence[float], h: float,
+                scales: Sequence[float]) -> Tensor:
+    """base + h sum_j w_j m_j k_j (base None: 0; m_j = scales[j]), one out-of-place op and then in-place ones, zero
+    weights skipped."""
     acc = base
     fresh = False
-    for w, k in zip(weights, ks):
+    for w, m, k in zip(weights, scales, ks):
         if w == 0.0:
             continue
         if not fresh:
-            acc = torch.mul(k, h * w) if acc is None else torch.add(acc, k, alpha=h * w)
+            acc = torch.mul(k, h * w * m) if acc is None else torch.add(acc, k, alpha=h * w * m)
             fresh = True
         else:
-            acc.add_(k, alpha=h * w)
+            acc.add_(k, alpha=h * w * m)
     if acc is None:
         return torch.zeros_like(ks[0])
     return acc
+
+
+def _unscaled(k: Tensor, m: float) -> Tensor:
+    """The stage derivative m k of a stage held as (k, m)."""
+    return k if m == 1.0 else k * m
 
 
 def _next_float(t: float, dtype: torch.dtype, up: bool) -> float:
@@ -140,6 +156,14 @@ def fast_step(base: type) -> type:
         self._abs: tuple[Tensor | None, Tensor | None] = (None, None)  # |y1| of the last step, |y0| of the next
         # torchdiffeq's default norm abs().pow(2).mean().sqrt() as one reduction; a tuple state keeps its own
         self._norm = _rms if self.norm is rms_norm else self.norm
+        # A function with `prepare(times)` and `scaled(t, y) -> (k, m)` (sdescore's flow function for a linear
+        # drift) takes float times, is told each step's stage times ahead, and returns its value as m * k; float64
+        # solver time only, where the float is the time itself. The stages are then held as (k, m) pairs and m is
+        # folded into the weights; the state's f1 may be such a k, its m kept in _f_scale.
+        prepare, scaled = getattr(self._raw, "prepare", None), getattr(self._raw, "scaled", None)
+        protocol = callable(prepare) and callable(scaled) and self.dtype == torch.float64
+        self._prepare, self._scaled = (prepare, scaled) if protocol else (None, None)
+        self._f_scale: tuple[Tensor | None, float] = (None, 1.0)
         if self._raw is None or self.y0.is_complex():
             base._before_integrate(self, t)
             state = self.rk_state
@@ -195,6 +219,8 @@ def fast_step(base: type) -> type:
             return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=y.device), y, perturb=perturb)
         if perturb is not Perturb.NONE:
             t = _next_float(t, self.dtype, up=perturb is Perturb.NEXT)
+        if self._prepare is not None:
+            return self._raw(self._sign * t, y)
         return self._raw(torch.scalar_tensor(self._sign * t, dtype=self.dtype, device=y.device), y)
 
     def _advance(self: Any, next_t: Tensor) -> Tensor:
@@ -245,21 +271,30 @@ def fast_step(base: type) -> type:
         dt = torch.scalar_tensor(h, dtype=self.dtype, device=y0.device)
         hs = self._sign * h  # the step in the convention of the stages
 
-        ks = [f0]
+        # the stage times; torchdiffeq steps to just before the end time, in case of a discontinuity there
+        times = [_next_float(t1f, self.dtype, up=False) if ci == 1.0 else t0f + ci * h for ci in nodes]
+        if self._prepare is not None:
+            self._prepare([self._sign * s for s in times])
+        m0 = self._f_scale[1] if self._f_scale[0] is f0 else 1.0  # f(t0) = m0 f0
+        ks, ms = [f0], [m0]
         yi = y0
-        for ci, row in zip(nodes, rows):
-            yi = _axpy_chain(y0, ks, row, hs)
-            # torchdiffeq steps to just before the end time, in case of a discontinuity there
-            ks.append(self._eval(t1f, yi, Perturb.PREV) if ci == 1.0 else self._eval(t0f + ci * h, yi, Perturb.NONE))
-        y1 = yi if fsal else _axpy_chain(y0, ks, b_sol, hs)
-        f1 = ks[-1]
+        for s, row in zip(times, rows):
+            yi = _axpy_chain(y0, ks, row, hs, ms)
+            if self._scaled is not None:
+                k, m = self._scaled(self._sign * s, yi)
+            else:
+                k, m = self._eval(s, yi, Perturb.NONE), 1.0
+            ks.append(k)
+            ms.append(m)
+        y1 = yi if fsal else _axpy_chain(y0, ks, b_sol, hs, ms)
+        f1, m1 = ks[-1], ms[-1]
 
         rtol, atol = self._tol
         abs0 = self._abs[1] if self._abs[0] is y0 else y0.abs()
         abs1 = y1.abs()
         self._abs = (y1, abs1)
-        scaled = _axpy_chain(None, ks, b_err, hs).div_(torch.maximum(abs0, abs1).mul_(rtol).add_(atol))
-        ratio = float(self._norm(scaled))
+        err = _axpy_chain(None, ks, b_err, hs, ms).div_(torch.maximum(abs0, abs1).mul_(rtol).add_(atol))
+        ratio = float(self._norm(err))
         if math.isnan(ratio):
             raise AssertionError("non-finite values in state `y` or in its derivative")  # as torchdiffeq's
 
@@ -274,15 +309,17 @@ def fast_step(base: type) -> type:
             # torchdiffeq's quartic through y0, y1, y(t0 + h/2) and the step's end slopes ks[0], ks[-1] (not a
             # re-evaluation after a jump), in its convention (sign * f)
             interp_coeff = _LazyInterp(
-                lambda: interp_fit(y0, y1, _axpy_chain(y0, ks, mid, hs), ks[0], ks[-1], (self._sign * dt).to(y0.dtype))
+                lambda: interp_fit(y0, y1, _axpy_chain(y0, ks, mid, hs, ms), _unscaled(ks[0], ms[0]),
+                                   _unscaled(ks[-1], ms[-1]), (self._sign * dt).to(y0.dtype))
             )
             if on_step_t and self.next_step_index != len(self._step_list) - 1:
                 self.next_step_index += 1
             if on_jump_t:
                 if self.next_jump_index != len(self._jump_list) - 1:
                     self.next_jump_index += 1
-                f1 = self._eval(t1f, y_next, Perturb.NEXT)
+                f1, m1 = self._eval(t1f, y_next, Perturb.NEXT), 1.0
             f_next = f1
+            self._f_scale = (f1, m1)
         else:
             self.func.callback_reject_step(t0, y0, dt)
             t_next, y_next, f_next = t0, y0, f0

@@ -600,8 +600,11 @@ def adaptive_sde_sample(
 
     host_dtype = {torch.float64: np.float64, torch.float16: np.float16}.get(x.dtype, np.float32)
 
-    def rows(a: np.ndarray) -> Tensor:  # (k, B) host -> (k, B, 1, ..., 1) on x's device, in x's dtype
-        return _on(np.ascontiguousarray(a, dtype=host_dtype).reshape(a.shape[0], B, *ones), x, x.dtype)
+    def rows(*parts: np.ndarray) -> Tensor:  # k host arrays of B -> (k, B, 1, ..., 1) on x's device, in x's dtype
+        buf = np.empty((len(parts), B), dtype=host_dtype)
+        for row, part in zip(buf, parts):
+            row[...] = part
+        return _on(buf.reshape(len(parts), B, *ones), x, x.dtype)
 
     def randn() -> Tensor:
         return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
@@ -616,7 +619,7 @@ def adaptive_sde_sample(
     stack = _BrownianStack(x)
     t = np.full(B, float(sde.T))
     h = np.full(B, min(h_init, sde.T - eps))
-    W = randn().mul_(rows(np.sqrt(h)[None])[0])
+    W = randn().mul_(rows(np.sqrt(h))[0])
     # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2;
     # the state keeps max(|x'_prev|, atol / rtol)
     floor, scale = atol / rtol, 1.0 / (2.0 * rtol * math.sqrt(D))
@@ -638,7 +641,7 @@ def adaptive_sde_sample(
             k0 = k3 = h
             t64 = times.to(x.device)
         # per-sample coefficients, one copy: k0, h g(t)^2, g(t), k3, h g(t-h)^2, g(t-h), t, t - h
-        c = rows(np.stack([k0, h * g0 * g0, g0, k3, h * g1 * g1, g1, t, t_next]))
+        c = rows(k0, h * g0 * g0, g0, k3, h * g1 * g1, g1, t, t_next)
         s1 = score(x, c[6].reshape(B))
         x1 = torch.mul(x, c[0]) if linear else torch.addcmul(x, c[0], sde.f(x, t64[:B]), value=-1.0)
         x1 = x1.addcmul_(c[1], s1).addcmul_(c[2], W)
@@ -689,7 +692,7 @@ def adaptive_sde_sample(
                 a[whole] = 1.0
         a = np.where(cut, np.divide(h_new, base_h, out=np.zeros(B), where=cut), a)
         b = np.sqrt(h_new * (1.0 - a))
-        ab = rows(np.stack([a, b]))
+        ab = rows(a, b)
         xi = randn()
         W_new = torch.mul(W, ab[0]).addcmul_(xi, ab[1])
         pushed = np.flatnonzero(cut)

@@ -77,8 +77,9 @@ class ProbabilityFlowODE:
 
         Clamping keeps the probes of torchdiffeq's adaptive step-size heuristic inside the interval. Where the
         drift is linear (`SDE.drift_is_linear`: f = a(t) x) the velocity is formed from two host scalars,
-        v = a(t) x - (g(t)^2 / 2) s: two whole-state operations and no per-sample coefficient tensors; otherwise
-        it is `velocity` at t repeated over the batch.
+        v = a(t) x - (g(t)^2 / 2) s: two whole-state operations and no per-sample coefficient tensors, and one for
+        sdescore's Runge–Kutta step, which folds the factor -g(t)^2 / 2 into its weights; otherwise it is
+        `velocity` at t repeated over the batch.
         """
         sde = self.sde
 
@@ -88,19 +89,7 @@ class ProbabilityFlowODE:
 
         if not sde.drift_is_linear:
             return func
-
-        def linear(t: Tensor | float, y: Tensor) -> Tensor:
-            if isinstance(t, Tensor) and t.requires_grad:  # keep the graph through t (host floats would cut it)
-                return func(t, y)
-            tv = min(max(float(t), lo), hi)
-            th = torch.tensor([tv], dtype=torch.float64)  # the coefficients on the host, in float64
-            a, g = float(sde.linear_drift(th)), float(sde.g(th))
-            s = score(y, torch.full((y.shape[0],), tv, dtype=y.dtype, device=y.device))
-            if a == 0.0:
-                return torch.mul(s, -0.5 * g * g)
-            return torch.mul(y, a).add_(s, alpha=-0.5 * g * g)
-
-        return linear
+        return _LinearFlow(sde, score, lo, hi, func)
 
     def sample(
         self,
@@ -152,6 +141,61 @@ class ProbabilityFlowODE:
         out = odeint_naming_nonfinite(score, x, where, step_of, func, x, ts, method, options)[-1]
         score.raise_if_nonfinite(out, where, step_of)
         return SampleResult(x=out, nfe=score.nfe)
+
+
+class _LinearFlow:
+    """func(t, y) = a(t) y - (g(t)^2 / 2) s(y, t) for a drift f = a(t) x, with a(t) and g(t) as host floats.
+
+    Two entries for sdescore's Runge–Kutta step (`sdescore._rk`), which uses them where the solver's time is
+    float64:
+    - `prepare(times)`: the step announces its stage times, and their coefficients come from one call of the
+      SDE's tensor methods; a(t) and g(t) at one time cost about ten small tensor operations, which at small
+      states outweigh the whole-state ones. Any other time is computed when it comes.
+    - `scaled(t, y) -> (k, m)` with func(t, y) = m k, in one whole-state operation: with c = -g^2 / 2,
+      k = s + (a / c) y and m = c, or k = y + (c / a) s and m = a where |a| > |c| (the ratio stays at most 1; the
+      VP-SDE has a = c, the sub-VP |a| > |c| near t = 0, where its g vanishes); the step folds m into its stage
+      weights, where func itself takes two operations.
+    A time t that requires grad goes through `generic` (the graph through t is kept).
+    """
+
+    def __init__(self, sde: SDE, score: ScoreFn, lo: float, hi: float, generic: Callable[[Any, Tensor], Tensor]):
+        self.sde, self.score, self.lo, self.hi, self.generic = sde, score, lo, hi, generic
+        self._coeffs: dict[float, tuple[float, float]] = {}
+
+    def _clamp(self, t: float) -> float:
+        return min(max(t, self.lo), self.hi)
+
+    def prepare(self, times: list[float]) -> None:
+        """Compute (a(t), g(t)) for the coming evaluation times t (floats, before clamping), replacing the last set."""
+        tv = [self._clamp(t) for t in times]
+        th = torch.tensor(tv, dtype=torch.float64)  # the coefficients on the host, in float64
+        self._coeffs = dict(zip(tv, zip(self.sde.linear_drift(th).tolist(), self.sde.g(th).tolist())))
+
+    def scaled(self, t: float, y: Tensor) -> tuple[Tensor, float]:
+        """(k, m) with func(t, y) = m k, c = -g(t)^2 / 2: k = s + (a / c) y, m = c, or k = y + (c / a) s, m = a where
+        |a| > |c|; k = c s, m = 1 where a = 0, and k = a y, m = 1 where c = 0."""
+        tv = self._clamp(t)
+        coeffs = self._coeffs.get(tv)
+        if coeffs is None:
+            th = torch.tensor([tv], dtype=torch.float64)
+            coeffs = float(self.sde.linear_drift(th)), float(self.sde.g(th))
+        a, g = coeffs
+        c = -0.5 * g * g
+        s = self.score(y, torch.full((y.shape[0],), tv, dtype=y.dtype, device=y.device))
+        if c == 0.0:
+            return torch.mul(y, a), 1.0
+        if a == 0.0:
+            return torch.mul(s, c), 1.0
+        # the larger coefficient factored out, so that the one inside is at most 1 in size (no overflow)
+        if abs(c) >= abs(a):
+            return torch.add(s, y, alpha=a / c), c
+        return torch.add(y, s, alpha=c / a), a
+
+    def __call__(self, t: Tensor | float, y: Tensor) -> Tensor:
+        if isinstance(t, Tensor) and t.requires_grad:  # keep the graph through t (host floats would cut it)
+            return self.generic(t, y)
+        k, m = self.scaled(float(t), y)
+        return k if m == 1.0 else k.mul_(m)
 
 
 def odeint_naming_nonfinite(

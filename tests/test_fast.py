@@ -441,6 +441,67 @@ def test_the_flow_function_of_a_linear_drift_is_the_velocity(make):
                                ode.velocity(x, torch.full((16,), 0.6, dtype=torch.float64)), rtol=0, atol=0)
 
 
+class _FaintVP(sds.VPSDE):
+    """The VP drift with a diffusion 1e-25 times the VP's: g^2 / 2 is some 1e50 times smaller than |a(t)|."""
+
+    def g(self, t):
+        return 1e-25 * super().g(t)
+
+
+def test_the_scaled_velocity_factors_out_the_larger_coefficient():
+    """`scaled` returns (k, m) with m k = a y - (g^2 / 2) s in one whole-state operation; the coefficient left inside
+    k is at most 1 in size, so a ratio of 1e50 between a and g^2 / 2 neither overflows float32 nor loses either
+    term: m k matches the two-term formula to float32 rounding, for the VP (a = -g^2 / 2), the sub-VP and this."""
+    x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    s = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
+    for sde in (sds.VPSDE(), sds.SubVPSDE(), _FaintVP()):
+        func = sde.probability_flow(lambda y, t: s).func(lambda y, t: s, 0.0, 1.0)
+        for t in (1e-3, 0.5, 1.0):
+            th = torch.tensor([t], dtype=torch.float64)
+            a, g = float(sde.linear_drift(th)), float(sde.g(th))
+            k, m = func.scaled(t, x)
+            assert k.dtype == torch.float32 and bool(torch.isfinite(k).all())
+            expected = (a * x.double() - 0.5 * g * g * s.double())
+            torch.testing.assert_close((m * k.double()), expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
+            torch.testing.assert_close(func(t, x), expected.float(), rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
+
+
+class _CountingSubVP(sds.SubVPSDE):
+    """The sub-VP SDE recording the size of every time tensor its g is called with."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def g(self, t):
+        self.sizes.append(t.numel())
+        return super().g(t)
+
+
+def test_the_step_announces_the_times_it_evaluates():
+    """sdescore's step tells the linear flow function each step's stage times (`prepare`) and evaluates exactly
+    those, both ways in time: only the set-up's two evaluations compute their coefficients alone, each step's six
+    in one call; and the prepared coefficients give the velocity computed alone (sub-VP: g through expm1)."""
+    sde = _CountingSubVP()
+    dm = ring().diffuse(sde)
+    x = dm.sample(64, 1.0, torch.Generator().manual_seed(0))
+    ode = sde.probability_flow(dm)
+    for run in (lambda: ode.sample(x, rtol=1e-6, atol=1e-6), lambda: ode.encode(x, rtol=1e-6, atol=1e-6)):
+        sde.sizes.clear()
+        nfe = run().nfe
+        steps = (nfe - 2) // 6
+        assert steps > 5 and nfe == 2 + 6 * steps
+        assert sorted(sde.sizes) == [1, 1] + [6] * steps
+    func = ode.func(dm, 1e-3, 1.0)
+    times = [0.9, 0.45, 1e-4]  # the last one clamped to 1e-3
+    alone = [func(t, x) for t in times]
+    func.prepare(times)
+    sde.sizes.clear()
+    for t, v in zip(times, alone):
+        torch.testing.assert_close(func(t, x), v, rtol=1e-14, atol=0.0)
+    assert sde.sizes == []
+
+
 def test_adaptive_solvers_agree_whether_the_linear_drift_is_folded_in_or_called():
     """The linear-drift path (coefficients (1 - h a) x) and the generic one (x - h f(x, t)) are the same
     algorithm: in float64 the results agree to rounding. (With redraw_rejected: the Brownian bridge's

@@ -90,6 +90,45 @@ def test_same_steps_and_same_solution_as_torchdiffeqs_step(reference, direction)
     assert float((y[:, 0] - exact).abs().max()) < 1e-5
 
 
+class Scaled(Counted):
+    """The rotation offered through the step's two entries: `prepare(times)`, and `scaled(t, y) -> (k, m)` with
+    f = m k and m = 2 + cos(3 t), never 1; it records the announced and the evaluated times of each step."""
+
+    def __init__(self):
+        super().__init__(_rotation)
+        self.announced, self.evaluated = [], []
+
+    def prepare(self, times):
+        self.announced.append(list(times))
+        self.evaluated.append([])
+
+    def scaled(self, t, y):
+        assert isinstance(t, float)
+        self.calls += 1
+        self.evaluated[-1].append(t)
+        m = 2.0 + math.cos(3.0 * t)
+        return _rotation(t, y) / m, m
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_a_function_offering_its_value_scaled_gets_the_same_steps(reference, direction):
+    """The stages held as (k, m) with m folded into the weights: the same evaluations, accepted and rejected steps
+    and solution as torchdiffeq's step on f itself, with 21 output times (the dense output reads m k), a jump
+    (the derivative re-evaluated unscaled) and both time directions; every step evaluates the times it announced."""
+    t = direction * torch.linspace(0.0, 3.0, 21, **F64)
+    y0 = torch.tensor([[1.0, 0.0], [0.6, 0.3]], **F64)
+    opts = dict(rtol=1e-7, atol=1e-9, options={"jump_t": direction * torch.tensor([1.23], **F64)})
+    fast = Scaled()
+    y = torchdiffeq.odeint(fast, y0, t, method="tsit5", **opts)
+    ref = Counted(_rotation)
+    y_ref = torchdiffeq.odeint(ref, y0, t, method=reference, **opts)
+    assert fast.calls == ref.calls > 100 and fast.events == ref.events and ref.events["reject"] > 0
+    assert float((y - y_ref).abs().max()) < 1e-9
+    assert len(fast.announced) == fast.events["step"] and fast.announced == fast.evaluated
+    exact = torch.stack([torch.cos(2.0 * t), torch.sin(2.0 * t)], -1)
+    assert float((y[:, 0] - exact).abs().max()) < 1e-5
+
+
 def test_float32_state_and_the_probability_flow_in_reverse_time(reference, monkeypatch):
     """sdescore's own use: x_T -> x_eps on a Gaussian's probability flow in float32, the end time as step_t. The
     tolerance weights are formed in float32 here (float64 in torchdiffeq), so the accepted steps may differ in a
