@@ -165,21 +165,20 @@ class _LinearFlow:
     def _clamp(self, t: float) -> float:
         return min(max(t, self.lo), self.hi)
 
+    def _coefficients(self, tv: list[float]) -> dict[float, tuple[float, float]]:
+        """{t: (a(t), g(t))} for clamped times t, from one call of each of the SDE's methods, on the host in float64."""
+        th = torch.tensor(tv, dtype=torch.float64)
+        return dict(zip(tv, zip(self.sde.linear_drift(th).tolist(), self.sde.g(th).tolist())))
+
     def prepare(self, times: list[float]) -> None:
         """Compute (a(t), g(t)) for the coming evaluation times t (floats, before clamping), replacing the last set."""
-        tv = [self._clamp(t) for t in times]
-        th = torch.tensor(tv, dtype=torch.float64)  # the coefficients on the host, in float64
-        self._coeffs = dict(zip(tv, zip(self.sde.linear_drift(th).tolist(), self.sde.g(th).tolist())))
+        self._coeffs = self._coefficients([self._clamp(t) for t in times])
 
     def scaled(self, t: float, y: Tensor) -> tuple[Tensor, float]:
         """(k, m) with func(t, y) = m k, c = -g(t)^2 / 2: k = s + (a / c) y, m = c, or k = y + (c / a) s, m = a where
         |a| > |c|; k = c s, m = 1 where a = 0, and k = a y, m = 1 where c = 0."""
         tv = self._clamp(t)
-        coeffs = self._coeffs.get(tv)
-        if coeffs is None:
-            th = torch.tensor([tv], dtype=torch.float64)
-            coeffs = float(self.sde.linear_drift(th)), float(self.sde.g(th))
-        a, g = coeffs
+        a, g = self._coeffs[tv] if tv in self._coeffs else self._coefficients([tv])[tv]
         c = -0.5 * g * g
         s = self.score(y, torch.full((y.shape[0],), tv, dtype=y.dtype, device=y.device))
         if c == 0.0:

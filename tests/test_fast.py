@@ -449,9 +449,10 @@ class _FaintVP(sds.VPSDE):
 
 
 def test_the_scaled_velocity_factors_out_the_larger_coefficient():
-    """`scaled` returns (k, m) with m k = a y - (g^2 / 2) s in one whole-state operation; the coefficient left inside
-    k is at most 1 in size, so a ratio of 1e50 between a and g^2 / 2 neither overflows float32 nor loses either
-    term: m k matches the two-term formula to float32 rounding, for the VP (a = -g^2 / 2), the sub-VP and this."""
+    """`scaled` returns (k, m) with m k = a y - (g^2 / 2) s in one whole-state operation, m the larger of a and
+    c = -g^2 / 2 in size (c where they are equal), so the coefficient left inside k is at most 1: a ratio of 1e50
+    between a and c does not overflow float32, and m k matches the two-term formula to float32 rounding, for the
+    VP (a = c), the sub-VP (|a| > |c|) and this one."""
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
     s = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
     for sde in (sds.VPSDE(), sds.SubVPSDE(), _FaintVP()):
@@ -460,6 +461,8 @@ def test_the_scaled_velocity_factors_out_the_larger_coefficient():
             th = torch.tensor([t], dtype=torch.float64)
             a, g = float(sde.linear_drift(th)), float(sde.g(th))
             k, m = func.scaled(t, x)
+            c = -0.5 * g * g
+            assert m == (c if abs(c) >= abs(a) else a)
             assert k.dtype == torch.float32 and bool(torch.isfinite(k).all())
             expected = (a * x.double() - 0.5 * g * g * s.double())
             torch.testing.assert_close((m * k.double()), expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
