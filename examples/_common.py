@@ -52,7 +52,11 @@ def make_parser(doc: str, name: str, presets: dict[str, dict[str, Any]]) -> argp
     parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
     parser.add_argument("--out", type=Path, default=Path("out") / name, help=f"output folder (default out/{name})")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (OUT/checkpoint.pt)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if it exists")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue from OUT/checkpoint.pt if it exists (same --seed and --batch-size; --lr and the other "
+        "optimiser settings of this command apply from the resumed step)",
+    )
     parser.add_argument("--compile", action="store_true", help="train through torch.compile")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast on CUDA")
     parser.add_argument("--threads", type=int, help="torch CPU threads per process (default: the CPUs / processes)")

@@ -122,7 +122,7 @@ def main() -> int:
         return sds.annealed_langevin(ema, sigmas, x0, cfg.n_steps_each, cfg.step_lr, denoise=cfg.denoise, generator=g)
 
     # ------------------------------------------------------------------ 4. the same network as a VE-SDE score
-    sde = sds.ve_sde_from_ncsn_sigmas(sigmas)  # VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L)
+    sde = sds.ve_sde_from_ncsn_sigmas(sigmas)  # VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L - 1)
     score = sds.score_from_ncsn(sde, ema)  # score(x, t) = s(x, sigma(t)): exact for a VE kernel
 
     def pc(n, i):  # reverse-diffusion predictor + Langevin corrector, snr 0.16 (Song et al. 2021, VE setting)

@@ -74,8 +74,7 @@ def check_time(name: str, t: Any, batch: int | None, T: float, *, low: float = 0
         raise TypeError(f"{name} must have a floating dtype, got {t.dtype}.")
     if t.ndim != 1 or t.shape[0] == 0 or (batch is not None and t.shape[0] != batch):
         raise ValueError(f"{name} must have shape {want}, one time per sample, got shape {tuple(t.shape)}.")
-    lo, hi = torch.aminmax(t)
-    lo, hi = float(lo), float(hi)
+    lo, hi = (float(v) for v in torch.aminmax(t.detach()))
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < low or hi > T:
         raise ValueError(f"{name} must lie in [{low}, {T}], got values in [{lo}, {hi}].")
     return t
@@ -88,13 +87,26 @@ def check_eps(eps: Any, T: float) -> float:
     return eps
 
 
-def check_choice(name: str, value: Any, registry: dict) -> Any:
-    """Resolve a string through a registry; anything else is returned as the object it is."""
+def check_choice(name: str, value: Any, registry: dict, methods: tuple[str, ...] = ()) -> Any:
+    """Resolve a string through a registry; anything else is returned as the object it is, once it has `methods`."""
     if isinstance(value, str):
         if value not in registry:
             raise ValueError(f"{name} must be one of {sorted(registry)}, got {value!r}.")
         return registry[value]
+    missing = [m for m in methods if not hasattr(value, m)]
+    if missing:
+        raise TypeError(
+            f"{name} must be one of {sorted(registry)} or an object with {', '.join(methods)}, got "
+            f"{type(value).__name__} {value!r} (no {', '.join(missing)})."
+        )
     return value
+
+
+def check_float_dtype(name: str, dtype: Any) -> torch.dtype | None:
+    """None or a floating torch.dtype."""
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{name} must be a floating torch.dtype (torch.float32, torch.float64, ...) or None, got {dtype!r}.")
+    return dtype
 
 
 def check_generator(generator: Any, device: torch.device) -> torch.Generator | None:
@@ -121,6 +133,18 @@ def check_callable(name: str, fn: Any, signature: str) -> None:
         raise TypeError(f"{name} must be callable as {signature}, got {type(fn).__name__}.")
 
 
+def check_numbers(name: str, values: Any, kind: type, what: str) -> list:
+    """The entries of a sequence, each an instance of `kind` (Real or Integral; bools refused); `what` says what
+    the sequence should be, for the error."""
+    try:
+        out = list(values)
+    except TypeError:
+        raise TypeError(f"{name} must be {what}, got {type(values).__name__}.") from None
+    if any(isinstance(v, bool) or not isinstance(v, kind) for v in out):
+        raise TypeError(f"{name} must hold {'integers' if kind is Integral else 'real numbers'}, got {out!r}.")
+    return out
+
+
 def check_sigmas(name: str, sigmas: Any, *, device: torch.device | str | None = None) -> Tensor:
     """Noise levels sigma_1 > sigma_2 > ... > sigma_L > 0 as a float64 tensor of shape (L,).
 
@@ -131,12 +155,7 @@ def check_sigmas(name: str, sigmas: Any, *, device: torch.device | str | None = 
             raise TypeError(f"{name} must be a floating tensor of shape (L,), got dtype {sigmas.dtype}.")
         s = sigmas.detach().to(dtype=torch.float64, device=device)
     else:
-        try:
-            values = list(sigmas)
-        except TypeError:
-            raise TypeError(f"{name} must be a 1-D tensor or a sequence of noise levels, got {type(sigmas).__name__}.") from None
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-            raise TypeError(f"{name} must hold real numbers, got {values!r}.")
+        values = check_numbers(name, sigmas, Real, "a 1-D tensor or a sequence of noise levels")
         s = torch.tensor(values, dtype=torch.float64, device=device)
     if s.ndim != 1 or s.numel() == 0:
         raise ValueError(f"{name} must have shape (L,) with L >= 1, got shape {tuple(s.shape)}.")

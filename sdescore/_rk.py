@@ -10,26 +10,33 @@ small states.
 `fast_step(cls)` returns a subclass of a torchdiffeq `RKAdaptiveStepsizeODESolver` with the same Butcher
 tableau, order and half-step weights whose `_adaptive_step` computes
 
-    y_i = y0 + h sum_j a_ij k_j,   y1 = y0 + h sum_j b_j k_j,   err = h sum_j (b_j - b_hat_j) k_j
+    y_i = y0 + h sum_j a_ij k_j,   y1 = y0 + h sum_j b_j k_j,   err = h sum_j e_j k_j
 
-as one `torch.add(y0, k_1, alpha=h a_i1)` followed by in-place `add_(k_j, alpha=h a_ij)` (skipping zero
-weights), and runs the controller on host floats; torchdiffeq's per-evaluation wrappers (time reversal, the
-perturbation of a step's end time) are absorbed into the step. The set-up (`_before_integrate`) is torchdiffeq's
-too, done on the host: f(t0), the initial step of Hairer et al. (II.4) with torchdiffeq's formula on Python
-floats, and `step_t` / `jump_t` sorted and checked as lists (torchdiffeq does these on 0-d tensors and with
-`torch.sort` / `torch.unique`, about 0.6 ms of a solve's fixed cost). Everything else is torchdiffeq's: the
-norm (per tensor for tuple states), the callbacks, the output loop and event handling, and the accept rule and
-step-size update of `_adaptive_step`, which this mirrors:
+(e: the tableau's error weights `c_error`, b - b_hat in torchdiffeq's tableaux and b_hat - b in tsit5's; the
+norm does not see the sign) as one `torch.add(y0, k_1, alpha=h a_i1)` followed by in-place
+`add_(k_j, alpha=h a_ij)` (skipping zero weights), and runs the controller on host floats; torchdiffeq's
+per-evaluation wrappers (time reversal, the perturbation of a step's end time) are absorbed into the step. The
+set-up (`_before_integrate`) is torchdiffeq's too, done on the host: f(t0), the initial step of Hairer et al.
+(II.4) with torchdiffeq's formula on Python floats, and `step_t` / `jump_t` sorted and checked as lists
+(torchdiffeq does these on 0-d tensors and with `torch.sort` / `torch.unique`, about 0.6 ms of a solve's fixed
+cost). Everything else is torchdiffeq's: the
+norm (for tuple states the largest of the parts'), the callbacks, the output loop and event handling, and the
+accept rule and step-size update of `_adaptive_step`, which this mirrors:
 
     accept iff ||err / (atol + rtol max(|y0|, |y1|))|| <= 1,
     h_next = h min(ifactor, max(safety ratio^(-1/order), dfactor if rejected else 1)).
 
-Three deliberate differences, tested in tests/test_rk.py: the function receives t in the solver's time dtype
+Four deliberate differences, tested in tests/test_rk.py: the function receives t in the solver's time dtype
 (float64 by default, in the set-up's two evaluations too) where torchdiffeq's wrapper rounds it to the state's
 dtype (float32 times carry 1e-7 relative errors, which its own source flags as possibly buggy); the tolerance
 weights are formed in the state's dtype where torchdiffeq promotes them to float64 (in the initial-step
-heuristic too); and the dense-output polynomial is fitted only when something reads it (`_advance` does so once
-per output time, and not at all when the last step lands on it).
+heuristic too); the dense-output polynomial is fitted only when something reads it (`_advance` does so once
+per output time, and not at all when the last step lands on it); and NaN or inf in a stage or in y1 is caught
+through the error ratio, a host float the step computes anyway (NaN propagates through the RMS norm, and
+through the tuple norm, which takes its maximum over the parts with torch where torchdiffeq's Python `max`
+drops a NaN that is not first), raising torchdiffeq's AssertionError in that step (in the set-up, for a
+non-finite y0 or f(t0)), where torchdiffeq checks the whole state y0 at the start of every step. With a norm of
+the caller's, y0 is checked as torchdiffeq does.
 
 A function may also offer two entries that the step uses where the solver's time is float64 (sdescore's
 probability-flow function for a linear drift does, `sdescore.flow._LinearFlow`): `prepare(times)`, called with
@@ -101,6 +108,31 @@ def _rms(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
+def _mixed_rms(sizes: list[int]) -> Callable[[Tensor], Tensor]:
+    """torchdiffeq's default norm of a tuple state, the largest RMS norm of its parts (of `sizes` entries in the
+    flat state), with NaN propagated: its Python max over the parts drops a NaN that is not first (nan > a is
+    False), which torchdiffeq's step catches only by checking the whole state y0 at every step."""
+
+    def norm(x: Tensor) -> Tensor:
+        return torch.stack([_rms(part) for part in torch.split(x, sizes)]).amax()
+
+    return norm
+
+
+def _default_tuple_norm(norm: Any, mixed_norm: Callable) -> list[int] | None:
+    """The part sizes of a tuple state if `norm` is torchdiffeq's wrapper of its default `_mixed_norm`, else None."""
+    code, cells = getattr(norm, "__code__", None), getattr(norm, "__closure__", None)
+    if code is None or not cells:
+        return None
+    free = dict(zip(code.co_freevars, cells))
+    try:
+        if free["norm"].cell_contents is not mixed_norm:
+            return None
+        return [math.prod(shape) for shape in free["shapes"].cell_contents]
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
 class _LazyInterp(Sequence):
     """The coefficients [e, d, c, b, a] of torchdiffeq's quartic dense output, fitted on first access."""
 
@@ -125,7 +157,8 @@ def fast_step(base: type) -> type:
     rk_common = importlib.import_module("torchdiffeq._impl.rk_common")
     misc = importlib.import_module("torchdiffeq._impl.misc")
     interp = importlib.import_module("torchdiffeq._impl.interp")
-    interp_fit, interp_evaluate, rms_norm = interp._interp_fit, interp._interp_evaluate, misc._rms_norm
+    interp_fit, interp_evaluate = interp._interp_fit, interp._interp_evaluate
+    rms_norm, mixed_norm = misc._rms_norm, misc._mixed_norm
     select_initial_step = misc._select_initial_step
     State, Perturb, PerturbFunc, ReverseFunc = rk_common._RungeKuttaState, misc.Perturb, misc._PerturbFunc, misc._ReverseFunc
 
@@ -154,8 +187,12 @@ def fast_step(base: type) -> type:
         self._ctl = {k: float(getattr(self, k)) for k in ("min_step", "max_step", "safety", "ifactor", "dfactor")}
         self._tol = [v.to(self.y0.dtype) if v.numel() > 1 else float(v) for v in (self.rtol, self.atol)]
         self._abs: tuple[Tensor | None, Tensor | None] = (None, None)  # |y1| of the last step, |y0| of the next
-        # torchdiffeq's default norm abs().pow(2).mean().sqrt() as one reduction; a tuple state keeps its own
-        self._norm = _rms if self.norm is rms_norm else self.norm
+        # torchdiffeq's default norm abs().pow(2).mean().sqrt() as one reduction, and for a tuple state the largest
+        # of its parts' with NaN propagated; a NaN anywhere in the step then shows in the error ratio, checked on the
+        # host. A norm of the caller's is kept, and y0 is checked at every step as torchdiffeq does (it may drop NaN).
+        sizes = None if self.norm is rms_norm else _default_tuple_norm(self.norm, mixed_norm)
+        self._norm = _rms if self.norm is rms_norm else self.norm if sizes is None else _mixed_rms(sizes)
+        self._check_y0 = self._norm is self.norm
         # A function with `prepare(times)` and `scaled(t, y) -> (k, m)` (sdescore's flow function for a linear
         # drift) takes float times, is told each step's stage times ahead, and returns its value as m * k; float64
         # solver time only, where the float is the time itself. The stages are then held as (k, m) pairs and m is
@@ -204,6 +241,9 @@ def fast_step(base: type) -> type:
         rtol, atol = self._tol
         scale = y0.abs().mul_(rtol).add_(atol)
         d0, d1 = float(self._norm(y0 / scale)), float(self._norm(f0 / scale))
+        if not (math.isfinite(d0) and math.isfinite(d1)):
+            # torchdiffeq would probe f at t0 + NaN and fail later; the step cannot start from a non-finite y0 or f0
+            raise AssertionError("non-finite values in state `y` or in its derivative")
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         f1 = self._eval(t0f + h0, torch.add(y0, f0, alpha=self._sign * h0), Perturb.NONE)
         d2 = float(self._norm((f1 - f0).div_(scale))) / h0
@@ -251,6 +291,8 @@ def fast_step(base: type) -> type:
         self.func.callback_step(t0, y0, torch.scalar_tensor(h, dtype=self.dtype, device=y0.device))
         if not t0f + h > t0f:
             raise AssertionError(f"underflow in dt {h}")  # torchdiffeq's failure, which callers catch
+        if self._check_y0 and not bool(torch.isfinite(y0).all()):
+            raise AssertionError("non-finite values in state `y`")  # as torchdiffeq's, for a caller's norm
 
         t1 = None
         on_step_t = on_jump_t = False

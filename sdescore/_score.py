@@ -22,7 +22,8 @@ class SampleResult:
 
 
 class NonFiniteError(FloatingPointError, ValueError):
-    """A sampler met NaN or inf; the message names the step and the time where it first appeared."""
+    """A sampler met NaN or inf; the message names where it first appeared: the step (where known), the score
+    evaluation and the time."""
 
 
 class CheckedScore:
@@ -75,16 +76,20 @@ class CheckedScore:
         when = self._when[k]
         return k, float(when.reshape(-1)[0]) if isinstance(when, Tensor) else float(when)
 
-    def raise_if_nonfinite(self, x: Tensor, where: str, step_of: Callable[[int, float], int]) -> None:
+    def raise_if_nonfinite(self, x: Tensor, where: str, step_of: Callable[[int, float], int | None]) -> None:
         """Raise NonFiniteError if a score, or the final state x, was non-finite.
 
-        step_of(evaluation index, time) gives the solver step that made that evaluation.
+        step_of(evaluation index, time) gives the solver step that made that evaluation, or None where the step is
+        not known (an adaptive solver, whose rejected steps and initial-step probe also evaluate the score): the
+        message then names the evaluation and its time only.
         """
         bad = self.first_nonfinite()
         if bad is not None:
             k, t = bad
+            step = step_of(k, t)
+            at = "in the solve" if step is None else f"at step {step}"
             raise NonFiniteError(
-                f"{where}: non-finite values appeared at step {step_of(k, t)} (t={t:.6g}, score evaluation {k}): "
+                f"{where}: non-finite values appeared {at} (t={t:.6g}, score evaluation {k}): "
                 f"{self.name} returned NaN or inf there, or the state had already diverged; check the score model, "
                 "the step size and the time grid."
             )

@@ -44,7 +44,9 @@ TSIT5_A = (
     (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081, 2.324710524099774),
 )
 TSIT5_B = TSIT5_A[-1] + (0.0,)
-# b - b_hat: the difference between the fifth- and the embedded fourth-order weights (the error estimate)
+# b_hat - b: the embedded fourth-order weights minus the fifth-order ones (OrdinaryDiffEq's btilde; Tsitouras'
+# b_hat ends in b_hat_7 = 1/66, where b_7 = 0). torchdiffeq's own tableaux hold b - b_hat as c_error; the error
+# estimate's norm does not see the sign.
 TSIT5_BTILDE = (
     -0.00178001105222577714,
     -0.0008164344596567469,

@@ -72,8 +72,8 @@ def images_to_float(images: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     if not isinstance(images, Tensor) or images.dtype != torch.uint8:
         got = images.dtype if isinstance(images, Tensor) else type(images).__name__
         raise TypeError(f"images must be a uint8 tensor with values 0..255 (as the loaders return), got {got}.")
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}.")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}.")
     return images.to(dtype) * PIXEL_SCALE + PIXEL_SHIFT
 
 
@@ -197,6 +197,11 @@ def _load_idx_pair(root: str | Path, split: str, what: str, source: str) -> Imag
         raise ValueError(f"{what} {split} images: expected uint8 IDX data of shape (N, H, W), got {x.dtype} {x.shape}.")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{what} {split}: {x.shape[0]} images but labels of shape {y.shape}; the files do not match.")
+    if y.dtype != np.uint8 or (y.size and y.max() > 9):
+        got = f"{y.dtype} data" if y.dtype != np.uint8 else f"label {y.max()}"
+        raise ValueError(
+            f"{what} {split} labels: expected uint8 IDX labels in 0..9, got {got}; is this the labels file of {what}?"
+        )
     images = torch.from_numpy(x.copy()).unsqueeze(1)
     return Images(images, torch.from_numpy(y.astype(np.int64)))
 
@@ -299,6 +304,8 @@ def toy_mixture(name: str, dtype: torch.dtype = torch.float64) -> tuple[Tensor, 
     """
     if name not in TOY_MIXTURES:
         raise ValueError(f"name must be one of {sorted(TOY_MIXTURES)}, got {name!r}.")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
     return tuple(p.to(dtype) for p in TOY_MIXTURES[name]())  # type: ignore[return-value]
 
 

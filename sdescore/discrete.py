@@ -59,8 +59,11 @@ def ncsn_sigmas(sigma_1: float, sigma_L: float, L: int) -> Tensor:
     """Geometric noise levels sigma_1 > ... > sigma_L of NCSN (Song & Ermon 2019, section 4.2), float64 (L,).
 
     sigma_i = sigma_L (sigma_1 / sigma_L)^{t_i} with t_i = (L - 1 - i) / (L - 1), i = 0..L-1: the same expression
-    as `VESDE.sigma`, so VESDE(sigma_min=sigma_L, sigma_max=sigma_1).sigma(t_i) reproduces them bit for bit
-    (the reference's exp(linspace(log sigma_1, log sigma_L, L)) agrees to rounding).
+    as `VESDE.sigma`, so VESDE(sigma_min=sigma_L, sigma_max=sigma_1).sigma(t_i) reproduces them bit for bit. The
+    VE-SDE that `ve_sde_from_ncsn_sigmas` rebuilds from the levels has sigma_max = sigmas[0], a rounding of sigma_1
+    whose log(sigma_max / sigma_min) can differ in the last bit, so its sigma(t_i) reproduces them to rounding
+    (relative error below 1e-15), not always bit for bit. The reference's exp(linspace(log sigma_1, log sigma_L, L))
+    agrees to rounding.
     """
     sigma_1 = check_real("sigma_1", sigma_1, positive=True)
     sigma_L = check_real("sigma_L", sigma_L, positive=True)
@@ -71,35 +74,82 @@ def ncsn_sigmas(sigma_1: float, sigma_L: float, L: int) -> Tensor:
     return sigma_L * torch.exp(t * math.log(sigma_1 / sigma_L))
 
 
+def _precision(values: Any) -> float:
+    """Machine epsilon of the floating dtype the levels come in: a tensor's or a NumPy array's, else float64's."""
+    dtype = getattr(values, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return torch.finfo(dtype if dtype.is_floating_point else torch.float64).eps
+    if dtype is not None:
+        try:
+            import numpy as np
+
+            return float(np.finfo(dtype).eps)
+        except (ImportError, TypeError, ValueError):
+            pass
+    return torch.finfo(torch.float64).eps
+
+
 def ve_sde_from_ncsn_sigmas(sigmas: Any) -> VESDE:
-    """The VE-SDE of NCSN's levels: VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L).
+    """The VE-SDE of NCSN's levels: VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L-1).
 
     Its kernel std at t_i = (L - 1 - i) / (L - 1) is sigma_{i+1} (Song et al. 2021, section 3.4 and eq. 30), so an
-    NCSN model becomes a VE score through `score_from_ncsn`. The levels must be geometric, as a VE-SDE's are.
+    NCSN model becomes a VE score through `score_from_ncsn`. The levels lie 1 / (L - 1) apart in t, so N = L - 1
+    chain steps: `discretize(x, t_i)` is SMLD's step sqrt(sigma_{i+1}^2 - sigma_{i+2}^2) between two levels
+    (Song et al. 2021, eq. 19).
+
+    The levels must be geometric, as a VE-SDE's are, to the precision of their own dtype: each must equal
+    sigma_L (sigma_1 / sigma_L)^{t_i} within a relative 32 eps (1 + max |log sigma|), eps that of the dtype the
+    levels come in (float32 levels such as NCSN's `torch.tensor(np.exp(np.linspace(...))).float()` are accepted).
     """
+    eps = _precision(sigmas)
     sigmas = check_sigmas("sigmas", sigmas)
     L = sigmas.shape[0]
     if L < 2:
         raise ValueError(f"sigmas must hold at least 2 levels to define a VE-SDE, got {L}.")
-    ratios = sigmas[1:] / sigmas[:-1]
-    if not torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-9, atol=0.0):
+    sigma_1, sigma_L = float(sigmas[0]), float(sigmas[-1])
+    t = torch.arange(L - 1, -1, -1, dtype=torch.float64) / (L - 1)
+    geometric = sigma_L * torch.exp(t * math.log(sigma_1 / sigma_L))
+    # a level's rounding in its own dtype, plus the rounding of log sigma that exp(linspace(log ...)) carries
+    rtol = 32 * eps * (1 + max(abs(math.log(sigma_1)), abs(math.log(sigma_L))))
+    deviation = (sigmas - geometric).abs() / geometric
+    k = int(deviation.argmax())
+    if float(deviation[k]) > rtol:
         raise ValueError(
             "sigmas must be geometric (constant ratio sigma_{i+1} / sigma_i), as the VE-SDE's levels "
-            f"sigma_min (sigma_max / sigma_min)^t are; got ratios in [{float(ratios.min())}, {float(ratios.max())}]."
+            f"sigma_min (sigma_max / sigma_min)^t are: level {k} is {float(sigmas[k])!r}, but the geometric sequence "
+            f"from sigma_1={sigma_1!r} to sigma_L={sigma_L!r} has {float(geometric[k])!r} there, a relative "
+            f"deviation of {float(deviation[k]):.3g} where the levels' precision allows {rtol:.3g}; build them with "
+            "ncsn_sigmas(sigma_1, sigma_L, L)."
         )
-    return VESDE(sigma_min=float(sigmas[-1]), sigma_max=float(sigmas[0]), N=L)
+    return VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L - 1)
 
 
 class _ScoreFromNCSN(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self._check(x, t)
         alpha, std = self.sde.kernel(t)
         a = batch_view(alpha, x)
         return self._out(x / a, (std / alpha).to(x.dtype)) / a
 
 
 class _NCSNFromScore(_Converter):
+    def __init__(self, sde: SDE, fn: Callable[[Tensor, Tensor], Tensor], name: str):
+        super().__init__(sde, fn, name)
+        alpha, std = sde.kernel(torch.tensor([0.0, sde.T], dtype=torch.float64))
+        self.sigma_range = (std / alpha).tolist()  # [std(0) / alpha(0), std(T) / alpha(T)]
+
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
-        t = self.sde.t_from_log_snr(-2.0 * torch.log(sigma.to(torch.float64)))
+        self._check(x, sigma, "sigma")
+        lo, hi = (float(v) for v in torch.aminmax(sigma.detach()))
+        low, high = self.sigma_range
+        rtol = 4 * torch.finfo(sigma.dtype).eps  # a level rounded to sigma's dtype still lies in the range
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or lo < low * (1 - rtol) or hi > high * (1 + rtol):
+            raise ValueError(
+                f"sigma must lie in the SDE's range of noise levels [std(0) / alpha(0), std(T) / alpha(T)] = "
+                f"[{low:.6g}, {high:.6g}] (and be > 0) for its time to lie in [0, {self.sde.T}], got values in "
+                f"[{lo:.6g}, {hi:.6g}]; build the SDE to cover the levels, e.g. VESDE.from_ncsn(sigmas)."
+            )
+        t = self.sde.t_from_log_snr(-2.0 * torch.log(sigma.to(torch.float64))).clamp(0.0, self.sde.T)
         alpha, _ = self.sde.kernel(t)
         a = batch_view(alpha, x)
         return a * self._out(a * x, t.to(x.dtype))
@@ -118,7 +168,9 @@ def ncsn_from_score(sde: SDE, score_fn: Callable[[Tensor, Tensor], Tensor]) -> C
     """ncsn(x, sigma) = alpha(t) score(alpha(t) x, t) at the t where std(t) / alpha(t) = sigma: the inverse of `score_from_ncsn`.
 
     t = sde.t_from_log_snr(-2 log sigma); for the VE-SDE, t = log(sigma / sigma_min) / log(sigma_max / sigma_min).
-    sigma must lie in the SDE's range [std(0) / alpha(0), std(T) / alpha(T)] for t to lie in [0, T].
+    sigma (B,) must be > 0 and lie in the SDE's range [std(0) / alpha(0), std(T) / alpha(T)] (to the rounding of
+    its dtype) for t to lie in [0, T]: a level outside it raises a ValueError naming the range, instead of
+    evaluating the score at a time the SDE does not have. The check reads sigma's range (one host read per call).
     """
     return _NCSNFromScore(sde, score_fn, "score_fn")
 
@@ -335,9 +387,32 @@ class _DiscreteEps:
         return f"ddpm_eps_from_continuous({self.sde!r}, {self.eps_fn!r}, N={self.times.shape[0]})"
 
     def __call__(self, x: Tensor, i: Tensor) -> Tensor:
+        N = self.times.shape[0]
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+            got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"x must be a floating tensor of shape (B, *dims), got {got}.")
+        B = x.shape[0]
+        if not isinstance(i, Tensor) or i.is_floating_point() or i.is_complex() or i.dtype == torch.bool:
+            got = f"dtype {i.dtype}" if isinstance(i, Tensor) else type(i).__name__
+            raise TypeError(
+                f"i must be an integer tensor of shape ({B},) of 0-based step indices (torch.long), got {got}; "
+                "a float index would be truncated to a step."
+            )
+        if i.shape != (B,):
+            raise ValueError(f"i must have shape ({B},), one step index per sample of x {tuple(x.shape)}, got {tuple(i.shape)}.")
+        lo, hi = (int(v) for v in torch.aminmax(i))
+        if lo < 0 or hi >= N:
+            raise ValueError(
+                f"i indexes the {N} steps of the chain, so it must lie in [0, {N - 1}] (0 the least noisy step); got "
+                f"values in [{lo}, {hi}]."
+            )
         i = i.to(device=self.times.device, dtype=torch.long)
         t, c = self.times[i].to(x.device), self.scale[i].to(x.device)
-        return self.eps_fn(batch_view(c, x) * x, t.to(x.dtype))
+        out = self.eps_fn(batch_view(c, x) * x, t.to(x.dtype))
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"eps_fn returned {got} for x of shape {tuple(x.shape)}; its output has the shape of x.")
+        return out
 
 
 def ddpm_eps_from_continuous(
@@ -348,6 +423,9 @@ def ddpm_eps_from_continuous(
     Exact: the chain's marginal at step i is the kernel at t_i up to the scale c_i = std(t_i) / sqrt(1 - alpha_bar_i)
     (= alpha(t_i) / sqrt(alpha_bar_i); c_i = 1 for the VP-SDE), so E[z | x_i = x] = eps(c_i x, t_i) for the exact
     eps, wherever t_i lies inside [0, T] (see `ddpm_times`).
+
+    The returned eps_fn(x, i) takes i of shape (B,), an integer tensor with values in [0, N - 1] (checked: a float,
+    negative or too large index raises naming i; one host read per call).
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")

@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_data, check_eps, check_generator, check_int, check_real
+from ._checks import check_bool, check_data, check_eps, check_generator, check_int, check_real
 from ._score import CheckedScore, NonFiniteError, SampleResult
-from .flow import DEFAULT_METHOD
+from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD
 from .grids import TimeGrid, time_grid
 from .sde import SDE, ScoreFn, batch_view
 
@@ -406,7 +406,8 @@ def heun_sample(
         eps: the final time.
         generator: the source of the churn noise.
         denoise: return Tweedie's E[x0 | x_eps] (one more evaluation: EDM's last Euler step to sigma = 0).
-        S_churn: EDM's total churn: each step in [S_tmin, S_tmax] raises sigma by gamma = min(S_churn / n, sqrt(2) - 1).
+        S_churn: EDM's total churn: each step in [S_tmin, S_tmax] raises sigma by the factor 1 + gamma,
+            gamma = min(S_churn / n, sqrt(2) - 1).
         S_tmin: the lowest noise level sigma that is churned.
         S_tmax: the highest noise level sigma that is churned.
         S_noise: the scale of the added noise (slightly above 1 offsets the denoiser's loss of detail).
@@ -436,7 +437,10 @@ def dpm_solver_sample(
 
     Lu et al. (2022a), eq. 3.7 and algorithms 1–2: the exponential integrator of the probability-flow ODE
     x_s = alpha_s / alpha_t x_t - alpha_s int e^{-lambda} eps_hat d lambda, lambda = log(alpha / std), with
-    eps_hat = -std score expanded to order k - 1 in lambda. Global error O(h^k). Written through
+    eps_hat = -std score expanded to order k - 1 in lambda. Global error O(h^k) for the single-step solvers
+    and 2M; 3M, like Lu et al.'s algorithm, starts with a first-order and a second-order step (it has no past
+    evaluations yet), and that first step's O(h^2) local error bounds its global error by O(h^2) as h -> 0
+    (its error falls faster over the step counts of practice: docs/theory/fast_samplers.md). Written through
     `sde.kernel`, so it applies to VP, sub-VP and VE (alpha = 1) alike.
 
     Args:
@@ -729,6 +733,11 @@ def adaptive_ode_sample(
     the shared signature.
     """
     x, _, eps, generator = _check_common(sde, x_T, 1, eps, generator, denoise)
+    if method not in ADAPTIVE_METHODS:
+        raise ValueError(
+            f"adaptive_ode_sample takes an adaptive torchdiffeq method {ADAPTIVE_METHODS}, got {method!r}; for fixed "
+            "steps use sde.probability_flow(score_fn).sample(x_T, method=..., steps=n)."
+        )
     out = sde.probability_flow(score_fn).sample(x, method=method, rtol=rtol, atol=atol, eps=eps)
     if not denoise:
         return out
@@ -758,7 +767,7 @@ class FixedStepSampler:
     def steps_for(self, nfe: int, *, denoise: bool = False) -> int:
         """The most steps whose evaluations fit in a budget of nfe."""
         nfe = check_int("nfe", nfe, minimum=1)
-        steps = (nfe - int(denoise)) // self.evals_per_step
+        steps = (nfe - int(check_bool("denoise", denoise))) // self.evals_per_step
         if steps < 1:
             raise ValueError(f"a budget of nfe={nfe} is below one step ({self.evals_per_step} evaluations).")
         return steps

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import _tsit5
 from ._checks import check_data, check_eps, check_int, check_real
-from ._score import CheckedScore, SampleResult
+from ._score import CheckedScore, NonFiniteError, SampleResult
 from .sde import SDE, ScoreFn, batch_view
 
 __all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS", "DEFAULT_METHOD"]
@@ -94,11 +94,11 @@ class ProbabilityFlowODE:
     def sample(
         self,
         x_T: Tensor,
+        *,
         method: str = DEFAULT_METHOD,
         rtol: float = 1e-5,
         atol: float = 1e-5,
         eps: float = 1e-3,
-        *,
         steps: int | None = None,
     ) -> SampleResult:
         """Integrate from t = T to t = eps. x_T: (B, *dims). Fixed-step methods take `steps`, adaptive ones rtol/atol.
@@ -112,11 +112,11 @@ class ProbabilityFlowODE:
     def encode(
         self,
         x0: Tensor,
+        *,
         method: str = DEFAULT_METHOD,
         rtol: float = 1e-5,
         atol: float = 1e-5,
         eps: float = 1e-3,
-        *,
         steps: int | None = None,
     ) -> SampleResult:
         """Integrate from t = eps to t = T: the latent z = x(T) of data x0 (B, *dims); the inverse of `sample`."""
@@ -134,8 +134,9 @@ class ProbabilityFlowODE:
         func = self.func(score, lo, hi)  # fixed grids lie inside [lo, hi]; adaptive probes are clamped there
         h = (hi - lo) / steps if steps else None
 
-        def step_of(k: int, t: float) -> int:
-            return min(int(abs(t - t0) / h + 1e-6), steps - 1) if h else k
+        def step_of(k: int, t: float) -> int | None:
+            # an adaptive solver's steps are not counted (rejected steps and the initial-step probe evaluate too)
+            return min(int(abs(t - t0) / h + 1e-6), steps - 1) if h else None
 
         ts = torch.tensor([t0, t1], dtype=torch.float64, device=x.device)
         out = odeint_naming_nonfinite(score, x, where, step_of, func, x, ts, method, options)[-1]
@@ -198,19 +199,25 @@ class _LinearFlow:
 
 
 def odeint_naming_nonfinite(
-    score: CheckedScore, x: Tensor, where: str, step_of: Callable[[int, float], int], func: Callable, y0: Any,
-    ts: Tensor, method: str, options: dict[str, Any],
+    score: CheckedScore, x: Tensor, where: str, step_of: Callable[[int, float], int | None], func: Callable, y0: Any,
+    ts: Tensor, method: str, options: dict[str, Any], *, nonfinite_state: str | None = None,
 ) -> Any:
-    """torchdiffeq.odeint(func, y0, ts, method, **options), with its failure after a non-finite score named.
+    """torchdiffeq.odeint(func, y0, ts, method, **options), with its failures on NaN or inf raised as NonFiniteError.
 
-    After NaN or inf an adaptive solver rejects every step until its step size underflows, and torchdiffeq (and
-    sdescore's step, as torchdiffeq's) raises an AssertionError; it is raised here as the NonFiniteError of
-    `score.raise_if_nonfinite(x, where, step_of)` (x: the finite starting data), re-raised as it is otherwise.
+    On a non-finite state or derivative torchdiffeq's adaptive step (and sdescore's, as torchdiffeq's) raises an
+    AssertionError, at once or after rejecting every step until the step size underflows. After a non-finite
+    score it is raised here as the NonFiniteError of `score.raise_if_nonfinite(x, where, step_of)` (x: the finite
+    starting data); with every score finite, a non-finite state is a NonFiniteError with the message
+    `nonfinite_state` (default: the state became non-finite); any other AssertionError is re-raised as it is.
     """
     try:
         return torchdiffeq.odeint(func, y0, ts, method=method, **options)
-    except AssertionError:
+    except AssertionError as err:
         score.raise_if_nonfinite(x, where, step_of)
+        if "non-finite" in str(err):
+            raise NonFiniteError(
+                nonfinite_state or f"{where}: the state became non-finite although every score was finite."
+            ) from err
         raise
 
 

@@ -356,7 +356,9 @@ def log_likelihood(
     data's density into the prior's). The augmented state (x, delta_logp) is integrated by torchdiffeq on x's
     device and dtype; each right-hand side evaluates the score once and takes the divergence of that same
     velocity by autograd; the graph is freed at once, so memory does not grow with the number of steps and
-    nothing returned carries a graph. The score is evaluated only at times in [eps, T].
+    nothing returned carries a graph. The score is evaluated only at times in [eps, T]. log_likelihood may be
+    called under torch.no_grad() but not under torch.inference_mode() (RuntimeError), and score_fn must not
+    itself turn autograd off (TypeError): its output must depend on x through autograd for the divergence.
 
     The solver runs in `time_variable` tau with the state w = c(t) x (`TIME_VARIABLES`). The default, 'vp'
     for every SDE that implements `kernel`, `log_snr` and `t_from_log_snr` ('t' for one that raises
@@ -368,8 +370,9 @@ def log_likelihood(
 
     Args:
         sde: any `SDE`.
-        score_fn: score_fn(x, t) -> shaped like x, with t of shape (B,) in x's dtype. Must be differentiable in x;
-            samples must not interact (no batch statistics).
+        score_fn: score_fn(x, t) -> shaped like x, with t of shape (B,) in x's dtype. Must be differentiable in x
+            by autograd (not wrapped in torch.no_grad, not detaching x); samples must not interact (no batch
+            statistics).
         x: (B, *dims) floating data in the model's space, finite.
         trace: 'exact' (D vector-Jacobian products per step; for small D) or 'hutchinson' (unbiased, one VJP per
             probe), or a `TraceEstimator`.
@@ -389,6 +392,11 @@ def log_likelihood(
     Returns:
         LikelihoodResult(logp, prior_logp, delta_logp, z, nfe).
     """
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "log_likelihood cannot run under torch.inference_mode(): it differentiates the score by autograd for the "
+            "divergence of the probability flow. Call it under torch.no_grad() instead (nothing returned carries a graph)."
+        )
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
     if not callable(score_fn):
@@ -417,6 +425,19 @@ def log_likelihood(
     B, D = x.shape[0], x[0].numel()
     lo, hi = min(tau0, tau1), max(tau0, tau1)
 
+    def attached_score(xi: Tensor, t: Tensor) -> Tensor:
+        # xi requires grad here: a score output that does not has been cut off from x (no_grad, detach, a
+        # constant), and autograd would differentiate the drift alone, silently (VP) or with its own error (VE)
+        s = score(xi, t)
+        if not s.requires_grad:
+            raise TypeError(
+                "log_likelihood: score_fn's output does not depend on x through autograd (it does not require grad "
+                "although x does): is score_fn wrapped in torch.no_grad() or torch.inference_mode(), does it detach "
+                "x, or is it constant in x? log_likelihood differentiates the score for the divergence of the "
+                "probability flow; remove the wrapper (log_likelihood itself may be called under torch.no_grad())."
+            )
+        return s
+
     def func(tau: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         w = state[0]
         # the solver's initial-step probe lies past tau1; evaluating there at tau1 only sizes the first step
@@ -426,7 +447,7 @@ def log_likelihood(
         dt, dlogc = clk.dt_dtau.to(x.dtype), clk.dlogc_dtau.to(x.dtype)
         with torch.enable_grad():
             xi = (w / c).detach().requires_grad_(True)
-            v = ode.velocity(xi, t, score)
+            v = ode.velocity(xi, t, attached_score)
             div = estimator.divergence(v, xi, probes)
         # w = c x:  dw/dtau = c (v dt/dtau + x dlogc/dtau),  div_w = div_x v dt/dtau + D dlogc/dtau
         return c * (v.detach() * dt + xi.detach() * dlogc), div.detach() * dt + D * dlogc
@@ -436,22 +457,25 @@ def log_likelihood(
     w0 = x * torch.exp(c0).to(x.dtype)
     taus = torch.tensor([tau0, tau1], dtype=torch.float64, device=x.device)
     state0 = (w0, torch.zeros(B, dtype=x.dtype, device=x.device))
-    w1, acc = (s[-1] for s in odeint_naming_nonfinite(score, x, "log_likelihood", lambda k, t: k, func, state0, taus,
-                                                        method, options))
+
+    def step_of(k: int, t: float) -> int | None:
+        if method in ADAPTIVE_METHODS:
+            return None  # not counted: rejected steps and the initial-step probe evaluate too
+        h = (tau1 - tau0) / steps
+        return min(int(abs(tv.tau(sde, min(max(t, eps), sde.T)) - tau0) / abs(h) + 1e-6), steps - 1)
+
+    nonfinite = ("log_likelihood: delta_logp (the integrated divergence) became non-finite although every score was "
+                 "finite; check score_fn's gradient (torch.where with a NaN or inf branch is a common cause).")
+    w1, acc = (s[-1] for s in odeint_naming_nonfinite(score, x, "log_likelihood", step_of, func, state0, taus,
+                                                        method, options, nonfinite_state=nonfinite))
 
     z = w1 / torch.exp(c1).to(x.dtype)
     # log p_x = log p_w + D log c at both ends
     delta_logp = acc + D * (c0 - c1).to(x.dtype)
 
-    def step_of(k: int, t: float) -> int:
-        if method in ADAPTIVE_METHODS:
-            return k
-        h = (tau1 - tau0) / steps
-        return min(int(abs(tv.tau(sde, min(max(t, eps), sde.T)) - tau0) / abs(h) + 1e-6), steps - 1)
-
     score.raise_if_nonfinite(z, "log_likelihood", step_of)
     if not all_finite(delta_logp):
-        raise NonFiniteError("log_likelihood: delta_logp is non-finite although every score was finite; check score_fn's gradient.")
+        raise NonFiniteError(nonfinite)
     prior = prior_logp(z)
     if not isinstance(prior, Tensor) or prior.shape != (B,):
         got = tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__

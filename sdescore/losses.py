@@ -7,12 +7,14 @@ Conventions held by every loss here:
   batch reduction through `REDUCTIONS`: 'mean' (default), 'sum', or 'none' for the (B,) per-sample values.
 - Time-conditioned models are called score_fn(x, t) with t of shape (B,) in x's dtype; times are drawn and
   the SDE's coefficients computed in float64.
-- `ism_loss` and `ssm_loss` are objectives for the score of ONE law: score_fn(x) of x alone. To apply them
-  to a noise-conditional model at a fixed time, pass `lambda x: score_fn(x, t)`.
+- `ism_loss` and `ssm_loss` are objectives for the score of ONE law: score_fn(x) of x alone, called once on the
+  B rows of x. To apply them to a noise-conditional model at a fixed time, pass `lambda x: score_fn(x, t)`.
 - `ncsn_loss` takes NCSN's sigma-conditioned model score_fn(x, sigma), sigma of shape (B,).
-- Every random draw uses `generator`, in a fixed order (times, then noise), so two losses given the same
-  generator state see the same times and noise: that is how `eps_loss` and `ncsn_loss` are shown to equal
-  `dsm_loss` value for value.
+- Every random draw uses `generator`, in a fixed order (times or labels, then noise). `eps_loss` and `dsm_loss`
+  draw the same way, so given the same generator state they see the same times and noise and agree value for
+  value. `ncsn_loss` draws integer labels (randint) where `dsm_loss` draws continuous times (rand), so their
+  draws differ; it equals `dsm_loss` value for value given the same labels (as `t=`, the grid times of the
+  labels) and the same `noise=`.
 """
 
 from __future__ import annotations
@@ -235,7 +237,7 @@ def dsm_loss(
         score_fn: score(x, t), x (B, *dims), t (B,) in x's dtype.
         x0: clean data (B, *dims).
         weighting: a name in WEIGHTINGS ('sigma2': std^2; 'likelihood': g^2, Song et al. 2021b; 'none': 1)
-            or an object lambda(sde, t) -> (B,).
+            or an object lambda(sde, t) -> tensor of shape (B,) (any other shape raises a ValueError).
         eps: smallest time.
         reduce: 'mean' | 'sum' | 'none' (per-sample values of shape (B,)).
         generator: draws t (first) and z (second).
@@ -253,7 +255,14 @@ def dsm_loss(
     importance_sampling = check_bool("importance_sampling", importance_sampling)
     x0, t, x_t, z, std, weight = _noised(sde, x0, eps, t, noise, generator, importance_sampling)
     s = _evaluate(score_fn, x_t, t.to(x0.dtype), name="score_fn")
-    w = weighting(sde, t) / (std * std)
+    w = weighting(sde, t)
+    if not isinstance(w, Tensor) or w.shape != t.shape:
+        got = f"shape {tuple(w.shape)}" if isinstance(w, Tensor) else type(w).__name__
+        raise ValueError(
+            f"weighting returned {got} for t of shape {tuple(t.shape)}; lambda(sde, t) has one value per sample, "
+            f"shape {tuple(t.shape)} (a (B, 1) output would broadcast the loss to (B, B))."
+        )
+    w = w / (std * std)
     if weight is not None:
         w = w * weight
     loss = 0.5 * _sum_sq(batch_view(std, x_t) * s + z) * w.to(x0.dtype)
@@ -331,11 +340,16 @@ def ssm_loss(
     With variance_reduction=True the second term is its expectation over v, ||s||^2 / 2 (SSM-VR, eq. 8). In
     expectation over v (any law with E[v v^T] = I) it equals `ism_loss`.
 
+    score_fn is called once, on the B rows of x (so `lambda x: model(x, t)` with t of shape (B,) works for any
+    n_projections); the M projections share that evaluation and each adds one backward pass through it.
+
     Args:
         score_fn: score(x) of x alone, x (B, *dims).
         x: samples of the data law (B, *dims).
         n_projections: M projections per sample, averaged.
-        projection: 'gaussian' | 'rademacher' (PROJECTIONS), or a callable (shape, generator, dtype, device) -> v.
+        projection: 'gaussian' | 'rademacher' (PROJECTIONS), or a callable (shape, generator, dtype, device) -> v
+            returning a tensor of the given shape (M B, *dims) and x's dtype; block m (rows m B .. (m + 1) B - 1)
+            holds projection m of every sample.
         variance_reduction: use ||s||^2 / 2 for the second term.
         reduce: 'mean' | 'sum' | 'none'.
         generator: draws the projections v.
@@ -348,19 +362,30 @@ def ssm_loss(
     x = check_data("x", x)
     generator = check_generator(generator, x.device)
     B = x.shape[0]
-    x_rep = x.detach().repeat(M, *([1] * (x.ndim - 1)))  # block m holds projection m of every sample
-    v = draw(x_rep.shape, generator, x.dtype, x.device)
+    shape = (M * B, *x.shape[1:])
+    v = draw(shape, generator, x.dtype, x.device)
+    if not isinstance(v, Tensor) or v.shape != shape or v.dtype != x.dtype:
+        got = f"shape {tuple(v.shape)} {v.dtype}" if isinstance(v, Tensor) else type(v).__name__
+        raise ValueError(
+            f"projection must return v of the requested shape {shape} and x's dtype {x.dtype}, got {got}; a v that "
+            "broadcasts would change the estimator."
+        )
+    v = v.reshape(M, *x.shape)
     with torch.enable_grad():
-        x_rep.requires_grad_(True)
-        s = _evaluate(score_fn, x_rep, name="score_fn")
-        sv = (s * v).flatten(1).sum(1)
-        if s.requires_grad:
-            (Jv,) = torch.autograd.grad(sv.sum(), x_rep, create_graph=True, allow_unused=True)
-            vJv = (Jv * v).flatten(1).sum(1) if Jv is not None else torch.zeros_like(sv)
-        else:
-            vJv = torch.zeros_like(sv)
-        second = 0.5 * _sum_sq(s) if variance_reduction else 0.5 * sv * sv
-        return reduction((vJv + second).reshape(M, B).mean(0))
+        x = x.detach().requires_grad_(True)
+        s = _evaluate(score_fn, x, name="score_fn")
+        first, second = [], []
+        for m in range(M):
+            sv = (s * v[m]).flatten(1).sum(1)
+            Jv = None
+            if s.requires_grad:
+                (Jv,) = torch.autograd.grad(sv.sum(), x, create_graph=True, retain_graph=True, allow_unused=True)
+            first.append((Jv * v[m]).flatten(1).sum(1) if Jv is not None else torch.zeros_like(sv))
+            if not variance_reduction:
+                second.append(0.5 * sv * sv)
+        vJv = torch.stack(first).mean(0)
+        last = 0.5 * _sum_sq(s) if variance_reduction else torch.stack(second).mean(0)
+        return reduction(vJv + last)
 
 
 # ---------------------------------------------------------------------------------------------- NCSN

@@ -6,7 +6,14 @@ For a kernel x_t = alpha(t) x0 + std(t) eps with eps ~ N(0, I) (any `SDE.kernel`
     score(x, t) = (alpha(t) E[x0 | x_t = x] - x) / std(t)^2 = -E[eps | x_t = x] / std(t).
 
 Everything inside sdescore speaks score_fn(x, t); networks that predict eps or x0 enter through these.
-Each converter is a small callable object (x: (B, *dims), t: (B,)) -> tensor shaped like x.
+Each converter is a small callable object (x: (B, *dims), t: (B,) floating) -> tensor shaped like x; a call
+checks the types and shapes of x, t and the wrapped function's output (raising a TypeError or ValueError that
+names them), but not the values of t, which would cost a host synchronisation at every step of a sampler.
+
+Domain: t in [0, T]. `score_from_eps` and `score_from_denoiser` divide by std(t), so they need std(t) > 0: at
+t = 0 of the VP and sub-VP SDEs (std(0) = 0) no score follows from eps or x0 and they return inf or NaN, as the
+formula does. The samplers never evaluate there (their times are >= eps > 0), and they raise NonFiniteError,
+naming the time, wherever a score is not finite.
 """
 
 from __future__ import annotations
@@ -28,7 +35,11 @@ Fn = Callable[[Tensor, Tensor], Tensor]
 
 
 class _Converter:
-    """A parametrization expressed through another one and the SDE's kernel."""
+    """A parametrization expressed through another one and the SDE's kernel.
+
+    Each call checks the types and shapes of x, t and the wrapped function's output, which costs no host
+    synchronisation; the values of t are not read, since the samplers call converters at every step.
+    """
 
     def __init__(self, sde: SDE, fn: Fn, name: str):
         if not isinstance(sde, SDE):
@@ -37,38 +48,61 @@ class _Converter:
             raise TypeError(f"{name} must be callable as {name}(x, t), got {type(fn).__name__}.")
         self.sde = sde
         self.fn = fn
+        self.name = name
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.sde!r}, {self.fn!r})"
 
+    def _check(self, x: Tensor, t: Tensor, t_name: str = "t") -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+            got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+            raise TypeError(f"x must be a floating tensor of shape (B, *dims), got {got}.")
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            got = f"dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(f"{t_name} must be a floating tensor of shape ({x.shape[0]},), one per sample, got {got}.")
+        if t.shape != (x.shape[0],):
+            raise ValueError(
+                f"{t_name} must have shape ({x.shape[0]},), one per sample of x {tuple(x.shape)}, got shape "
+                f"{tuple(t.shape)}; for one time for the whole batch pass torch.full(({x.shape[0]},), t)."
+            )
+
     def _out(self, x: Tensor, t: Tensor) -> Tensor:
         out = self.fn(x, t)
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"{type(self).__name__}: the wrapped function returned {got} for x of shape {tuple(x.shape)}.")
+        if not isinstance(out, Tensor):
+            raise TypeError(f"{self.name} must return a torch.Tensor, got {type(out).__name__}.")
+        if out.shape != x.shape:
+            raise ValueError(
+                f"{self.name} returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; its output has the shape of x."
+            )
+        if out.dtype != x.dtype:
+            raise TypeError(f"{self.name} returned dtype {out.dtype} for x of dtype {x.dtype}; return x's dtype.")
         return out
 
 
 class _ScoreFromEps(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self._check(x, t)
         _, std = self.sde.kernel(t)
         return -self._out(x, t) / batch_view(std, x)
 
 
 class _EpsFromScore(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self._check(x, t)
         _, std = self.sde.kernel(t)
         return -batch_view(std, x) * self._out(x, t)
 
 
 class _ScoreFromDenoiser(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self._check(x, t)
         alpha, std = self.sde.kernel(t)
         return (batch_view(alpha, x) * self._out(x, t) - x) / batch_view(std * std, x)
 
 
 class _DenoiserFromScore(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self._check(x, t)
         alpha, std = self.sde.kernel(t)
         return (x + batch_view(std * std, x) * self._out(x, t)) / batch_view(alpha, x)
 

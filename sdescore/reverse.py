@@ -17,7 +17,7 @@ import torch
 import torchsde
 from torch import Tensor
 
-from ._checks import check_data, check_eps, check_generator, check_int
+from ._checks import check_bool, check_data, check_eps, check_generator, check_int
 from ._score import CheckedScore, SampleResult
 from .sde import SDE, ScoreFn
 
@@ -101,8 +101,8 @@ class ReverseSDE:
 
     Song et al. (2021), eq. 6 (Anderson 1982). With probability_flow=True, the deterministic reverse
     dx = [f - g^2 score / 2] dt (eq. 13) with zero diffusion. `f(s, y)` and `g(s, y)` take the solver time
-    s = T - t and the flattened state y of shape (B, D); the data shape is `event_shape` (default: y's (D,)).
-    Pass it to `torchsde.sdeint` directly, or call `sample`.
+    s = T - t in [0, T] and the flattened state y of shape (B, D); the data shape is `event_shape` (default: y's
+    (D,)). Pass it to `torchsde.sdeint` directly, or call `sample`.
     """
 
     noise_type = "diagonal"
@@ -124,23 +124,37 @@ class ReverseSDE:
             raise ValueError(f"sde_type must be 'ito' or 'stratonovich', got {sde_type!r}.")
         self.sde = sde
         self.score_fn = score_fn
-        self.probability_flow = bool(probability_flow)
+        self.probability_flow = check_bool("probability_flow", probability_flow)
         self.event_shape = None if event_shape is None else tuple(event_shape)
         self.sde_type = sde_type
         self._score = score_fn if isinstance(score_fn, CheckedScore) else CheckedScore(score_fn)
-        self._memo: tuple[Tensor, float, Tensor, float] | None = None
+        # the one-entry memo of _drift_and_g, on for the copy `sample` makes for one solve only
+        self._memoize = False
+        self._memo: tuple[Tensor, int, float, Tensor, float] | None = None
 
     def __repr__(self) -> str:
         return f"ReverseSDE({self.sde!r}, probability_flow={self.probability_flow})"
 
     # ------------------------------------------------------------------ torchsde interface
+    def _time(self, s: Tensor | float) -> float:
+        """The forward time t = T - s of a solver time s, which must lie in [0, T]."""
+        s_value = float(s)
+        if not 0.0 <= s_value <= self.sde.T:
+            raise ValueError(
+                f"the reverse SDE takes solver times s = T - t in [0, {self.sde.T}], got s={s_value}; integrate over "
+                f"ts within [0, T - eps], as `sample` does."
+            )
+        return self.sde.T - s_value
+
     def _drift_and_g(self, s: Tensor, y: Tensor) -> tuple[Tensor, float]:
-        # torchsde probes f once at (ts[0], y0) for shapes before integrating from the same point:
-        # answer the repeat from a one-entry memo so that every score evaluation is one the solver uses.
-        t_value = self.sde.T - float(s)
+        # torchsde probes f and g at (ts[0], y0) for shapes before integrating from the same point: within one
+        # solve (`sample`'s copy), a one-entry memo answers these repeats (same tensor, unmodified, same time), so
+        # that every score evaluation is one the solver uses. An object handed to torchsde.sdeint directly keeps no
+        # memo: between its solves the model may have changed, which no key can see.
+        t_value = self._time(s)
         memo = self._memo
-        if memo is not None and memo[0] is y and memo[1] == t_value:
-            return memo[2], memo[3]
+        if memo is not None and memo[0] is y and memo[1] == y._version and memo[2] == t_value:
+            return memo[3], memo[4]
         B = y.shape[0]
         x = y.reshape(B, *(self.event_shape or y.shape[1:]))
         t = torch.full((B,), t_value, dtype=torch.float64, device=y.device)
@@ -154,7 +168,8 @@ class ReverseSDE:
         else:  # solver-time drift -(f - g^2 s)
             drift = (score * (g * g)).sub_(self.sde.f(x, t))
         out = drift.reshape(B, -1), g
-        self._memo = (y, t_value, *out)
+        if self._memoize:
+            self._memo = (y, y._version, t_value, *out)
         return out
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
@@ -164,7 +179,7 @@ class ReverseSDE:
     def g(self, s: Tensor, y: Tensor) -> Tensor:
         """Diagonal diffusion g(T - s), expanded to (B, D)."""
         B = y.shape[0]
-        t = torch.full((B,), self.sde.T - float(s), dtype=torch.float64, device=y.device)
+        t = torch.full((B,), self._time(s), dtype=torch.float64, device=y.device)
         g = torch.zeros_like(t) if self.probability_flow else self.sde.g(t)
         return g.to(y.dtype)[:, None].expand_as(y)
 
@@ -176,18 +191,18 @@ class ReverseSDE:
     def sample(
         self,
         x_T: Tensor,
+        *,
         steps: int = 1000,
         method: str = "euler",
         eps: float = 1e-3,
         generator: torch.Generator | None = None,
-        *,
         bm: object | None = None,
     ) -> SampleResult:
         """Integrate from t = T to t = eps with `steps` fixed steps of torchsde's `method`; x_T: (B, *dims).
 
         Returns a SampleResult with x shaped like x_T and nfe the score evaluations made. `bm` overrides the
         Brownian motion (a torchsde.BrownianInterval of shape (B, D) on solver times [0, T - eps], for
-        convergence studies on one path); by default increments are drawn from `generator`.
+        convergence studies on one path); by default increments are drawn from `generator` (not both).
         """
         x_T = check_data("x_T", x_T)
         steps = check_int("steps", steps, minimum=1)
@@ -195,6 +210,8 @@ class ReverseSDE:
         if method not in SDE_METHODS:
             raise ValueError(f"method must be one of {sorted(SDE_METHODS)} (torchsde, diagonal noise), got {method!r}.")
         generator = check_generator(generator, x_T.device)
+        if generator is not None and bm is not None:
+            raise ValueError("pass generator= or bm=, not both: the increments come from bm when it is given.")
         sde_type, levy = SDE_METHODS[method]
         B = x_T.shape[0]
         y0 = x_T.reshape(B, -1)
@@ -212,6 +229,7 @@ class ReverseSDE:
         bound = ReverseSDE(
             self.sde, CheckedScore(self.score_fn), self.probability_flow, event_shape=x_T.shape[1:], sde_type=sde_type
         )
+        bound._memoize = True
         ts = torch.tensor([0.0, s_end], dtype=torch.float64)
         # torchsde steps by accumulating dt in floating point; a step a hair longer than (s_end / steps)
         # keeps the count at exactly `steps` (the last one is clipped to s_end) instead of adding a sliver.

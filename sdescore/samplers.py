@@ -13,7 +13,7 @@ from typing import Protocol, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_choice, check_data, check_eps, check_generator, check_int, check_real
+from ._checks import check_bool, check_choice, check_data, check_eps, check_generator, check_int, check_real
 from ._score import CheckedScore, SampleResult
 from .sde import SDE, ScoreFn, batch_view
 
@@ -102,7 +102,10 @@ class AncestralSamplingPredictor:
 
 
 class NonePredictor:
-    """No predictor step: corrector-only sampling (annealed Langevin dynamics when the corrector is Langevin)."""
+    """No predictor step: corrector-only sampling (annealed Langevin dynamics when the corrector is Langevin).
+
+    `pc_sample` then runs its corrector at every point of the grid, eps included (evals = 0 marks it).
+    """
 
     evals = 0
 
@@ -176,28 +179,40 @@ def pc_sample(
 ) -> SampleResult:
     """Predictor–corrector sampling from the reverse-time SDE (Song et al. 2021, algorithm 1).
 
-    Runs `steps` predictor steps on the uniform grid from T to eps, each preceded by `n_corrector_steps`
-    corrector steps at the same time. With denoise=True the last predictor step adds no noise (the
-    reference's "noise removal"). Starts from x_T if given, else from `sde.prior_sampling(shape)`.
+    Runs `steps` predictor steps on the uniform grid linspace(T, eps, steps + 1), each preceded by
+    `n_corrector_steps` corrector steps at the same time. With denoise=True the last predictor step adds no
+    noise (the reference's "noise removal"). Without a predictor (one whose `evals` is 0, as 'none') the
+    corrector runs at all steps + 1 points, eps included, as the reference runs it at every point of its grid:
+    annealed Langevin dynamics over steps + 1 levels. Starts from x_T if given, else from
+    `sde.prior_sampling(shape)`.
 
     Args:
         sde: the forward SDE.
         score_fn: score(x, t) with x of shape (B, *dims) and t of shape (B,), returning x's shape.
         shape: (B, *dims) of the samples (None when x_T is given).
-        predictor: a name from PREDICTORS, or an object with the same interface.
-        corrector: a name from CORRECTORS, or an object with the same interface.
+        predictor: a name from PREDICTORS, or an object with the same interface (`evals`, `step`).
+        corrector: a name from CORRECTORS, or an object with the same interface (`evals`, `step`).
         snr: signal-to-noise ratio r of the Langevin step-size rule.
+        n_corrector_steps: corrector steps at each time (0: none).
+        steps: intervals of the grid.
+        eps: the final time, in (0, T).
+        denoise: the last predictor step adds no noise (returns its mean); no effect without a predictor.
+        generator: the source of every draw (the prior's too when x_T is not given).
+        x_T: (B, *dims) the starting state; else drawn from the prior.
+        dtype: of the prior draw, when x_T is not given (x_T's own is used otherwise).
+        device: of the prior draw, likewise.
     Returns:
         SampleResult(x of shape (B, *dims) at t = eps, nfe score evaluations).
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
-    predictor = check_choice("predictor", predictor, PREDICTORS)
-    corrector = check_choice("corrector", corrector, CORRECTORS)
+    predictor = check_choice("predictor", predictor, PREDICTORS, ("evals", "step"))
+    corrector = check_choice("corrector", corrector, CORRECTORS, ("evals", "step"))
     snr = check_real("snr", snr, positive=True)
     n_corrector_steps = check_int("n_corrector_steps", n_corrector_steps, minimum=0)
     steps = check_int("steps", steps, minimum=1)
     eps = check_eps(eps, sde.T)
+    denoise = check_bool("denoise", denoise)
     if x_T is None:
         if shape is None:
             raise ValueError("pass shape=(B, *dims) or x_T.")
@@ -207,6 +222,8 @@ def pc_sample(
         x = check_data("x_T", x_T)
         if shape is not None and tuple(shape) != tuple(x.shape):
             raise ValueError(f"shape {tuple(shape)} disagrees with x_T of shape {tuple(x.shape)}; pass one of them.")
+        if dtype is not None or device is not None:
+            raise ValueError("dtype and device apply to the prior draw; with x_T given, its own dtype and device are used.")
         generator = check_generator(generator, x.device)
     score = CheckedScore(score_fn)
     B = x.shape[0]
@@ -217,6 +234,10 @@ def pc_sample(
         h = grid[i] - grid[i + 1]
         x, x_mean = corrector.step(sde, score, x, t, h, n_corrector_steps, snr, generator)
         x, x_mean = predictor.step(sde, score, x, t, h, generator)
+    if predictor.evals == 0:  # corrector only: the last level, eps, too; its step h reaches down to 0 at most
+        t = torch.full((B,), eps, dtype=torch.float64, device=x.device)
+        x, _ = corrector.step(sde, score, x, t, min(grid[-2] - eps, eps), n_corrector_steps, snr, generator)
+        x_mean = x
     x = x_mean if denoise else x
     per_step = predictor.evals + corrector.evals(n_corrector_steps)
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import abc
 import math
+from numbers import Integral
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 from torch import Tensor
 
-from ._checks import check_data, check_int, check_real, check_time
+from ._checks import all_finite, check_data, check_float_dtype, check_int, check_numbers, check_real, check_time
 
 if TYPE_CHECKING:
     from .flow import ProbabilityFlowODE
@@ -122,9 +123,17 @@ class SDE(abc.ABC):
         mean, std = self.marginal_prob(x0, t)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-        elif not isinstance(noise, Tensor) or noise.shape != x0.shape:
-            shape = tuple(noise.shape) if isinstance(noise, Tensor) else type(noise).__name__
-            raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)}, got {shape}.")
+        else:
+            if not isinstance(noise, Tensor):
+                raise TypeError(f"noise must be a torch.Tensor shaped like x0 {tuple(x0.shape)}, got {type(noise).__name__}.")
+            if noise.shape != x0.shape:
+                raise ValueError(f"noise must be shaped like x0 {tuple(x0.shape)}, got {tuple(noise.shape)}.")
+            if noise.dtype != x0.dtype or noise.device != x0.device:
+                raise TypeError(
+                    f"noise must have x0's dtype and device ({x0.dtype}, {x0.device}), got ({noise.dtype}, {noise.device})."
+                )
+            if not all_finite(noise):
+                raise ValueError("noise holds non-finite values (NaN or inf).")
         return mean + batch_view(std, x0) * noise, noise
 
     def prior_sampling(
@@ -136,9 +145,10 @@ class SDE(abc.ABC):
         device: torch.device | str | None = None,
     ) -> Tensor:
         """Draw x_T ~ N(0, prior_std^2 I) of the given shape (B, *dims)."""
-        shape = tuple(shape)
-        if len(shape) < 2 or any(not isinstance(n, int) or n < 1 for n in shape):
-            raise ValueError(f"shape must be (batch, *dims) of positive integers, got {shape}.")
+        shape = tuple(int(n) for n in check_numbers("shape", shape, Integral, "a sequence (batch, *dims) of positive integers"))
+        if len(shape) < 2 or any(n < 1 for n in shape):
+            raise ValueError(f"shape must be (batch, *dims) of positive integers, with at least two entries, got {shape}.")
+        dtype = check_float_dtype("dtype", dtype)
         return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
     def prior_logp(self, z: Tensor) -> Tensor:
@@ -152,13 +162,23 @@ class SDE(abc.ABC):
         """One step x_{i+1} = x_i + f_i + G_i z of the discrete chain; returns (f_i shaped like x, G_i of shape (B,)).
 
         Euler–Maruyama by default (Song et al. 2021, eq. 45): f_i = f(x, t) dt, G_i = g(t) sqrt(dt), with dt = T / N.
+        Like `f` and `g` it is the solvers' symbol: x and t are not checked (the predictors call it every step);
+        dt is, through `_step_length`, which an overriding subclass calls too.
         """
-        dt = self.T / self.N if dt is None else dt
+        dt = self._step_length(dt)
         return self.f(x, t) * dt, self.g(t) * math.sqrt(dt)
+
+    def _step_length(self, dt: float | None) -> float:
+        """discretize's dt: T / N by default, else a positive real number."""
+        return self.T / self.N if dt is None else check_real("dt", dt, positive=True)
 
     # ------------------------------------------------------------------ reverse time
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
-        """Reverse-time SDE dx = [f - g^2 score] dt + g dw_bar (Anderson 1982), as a torchsde SDE."""
+        """Reverse-time SDE dx = [f - g^2 score] dt + g dw_bar (Anderson 1982), as a torchsde SDE.
+
+        With probability_flow=True, the deterministic dx = [f - g^2 score / 2] dt of eq. 13 with zero diffusion,
+        for torchsde's fixed-step solvers (`probability_flow` gives the same ODE for torchdiffeq's adaptive ones).
+        """
         from .reverse import ReverseSDE
 
         return ReverseSDE(self, score_fn, probability_flow=probability_flow)
@@ -195,9 +215,11 @@ class VESDE(SDE):
 
     @classmethod
     def from_ncsn(cls, sigmas: Sequence[float] | Tensor) -> "VESDE":
-        """The VE-SDE of NCSN's geometric levels sigma_1 > ... > sigma_L: VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L).
+        """The VE-SDE of NCSN's geometric levels sigma_1 > ... > sigma_L: VESDE(sigma_min=sigma_L, sigma_max=sigma_1, N=L - 1).
 
-        Its kernel std at t_i = (L - 1 - i) / (L - 1) is sigma_{i+1} (Song et al. 2021, section 3.4; see sdescore.discrete).
+        Its kernel std at t_i = (L - 1 - i) / (L - 1) is sigma_{i+1} (Song et al. 2021, section 3.4; see sdescore.discrete);
+        N = L - 1 steps, one per gap between levels, so that `discretize(x, t_i)` is SMLD's step. Levels geometric to
+        their own dtype's precision (float32 too) are accepted.
         """
         from .discrete import ve_sde_from_ncsn_sigmas
 
@@ -234,7 +256,7 @@ class VESDE(SDE):
 
         f_i = 0, G_i = sqrt(sigma(t)^2 - sigma(t - dt)^2), with sigma(0) = sigma_min by the convention above.
         """
-        dt = self.T / self.N if dt is None else dt
+        dt = self._step_length(dt)
         sigma = self.sigma(t)
         sigma_prev = self.sigma((t - dt).clamp(min=0.0))
         return torch.zeros_like(x), torch.sqrt(sigma**2 - sigma_prev**2)
@@ -303,11 +325,12 @@ class VPSDE(_LinearBetaSDE):
 
     def discretize(self, x: Tensor, t: Tensor, dt: float | None = None) -> tuple[Tensor, Tensor]:
         """DDPM chain x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z with beta_i = beta(t) dt (Song et al. 2021, eq. 20)."""
-        dt = self.T / self.N if dt is None else dt
+        dt = self._step_length(dt)
         if self.beta_max * dt >= 1.0:
             raise ValueError(
-                f"the DDPM chain needs beta(t) dt < 1, but beta_max * dt = {self.beta_max * dt:.3g} for dt={dt:.3g}; "
-                f"take more than {math.ceil(self.beta_max * self.T)} steps, or another predictor."
+                f"the DDPM chain needs beta(t) dt < 1, but beta_max * dt = {self.beta_max * dt:.3g} for dt={dt:.3g}: "
+                f"dt must be below 1 / beta_max = {1.0 / self.beta_max:.3g}, i.e. a grid over [eps, T] needs more than "
+                f"beta_max (T - eps) steps; take more steps, or another predictor."
             )
         beta_i = self.beta(t) * dt
         return (batch_view(torch.sqrt(1.0 - beta_i), x) - 1.0) * x, torch.sqrt(beta_i)
@@ -332,7 +355,16 @@ class SubVPSDE(_LinearBetaSDE):
         return -B - 2.0 * torch.log(-torch.expm1(-B))
 
     def t_from_log_snr(self, log_snr: Tensor) -> Tensor:
-        # u = alpha^2 solves u / (1 - u)^2 = e^lambda; the root in (0, 1) is 2e^l / (2e^l + 1 + sqrt(4e^l + 1)).
-        e = torch.exp(log_snr)
-        u = 2.0 * e / (2.0 * e + 1.0 + torch.sqrt(4.0 * e + 1.0))
-        return self._t_from_integral_beta(-torch.log(u))
+        # u = alpha^2 = e^{-B} solves (1 - u)^2 / u = e^{-lambda} = m. With v = (1 - u) / u = e^B - 1 this is
+        # v^2 / (1 + v) = m, so v = m / 2 + sqrt(m + m^2 / 4) and B = log(1 + v) = softplus(log v): no cancellation
+        # as u -> 1 (t -> 0; -log u lost every digit below t ~ 1e-7 in float32). log v is formed without
+        # overflow or underflow: -lambda / 2 + log(sqrt(m) / 2 + sqrt(1 + m / 4)) for lambda >= 0, and
+        # -lambda + log((1 + sqrt(1 + 4 / m)) / 2) below.
+        root_m = torch.exp(-0.5 * log_snr.clamp(min=0.0))
+        inv_m = torch.exp(log_snr.clamp(max=0.0))
+        log_v = torch.where(
+            log_snr >= 0,
+            -0.5 * log_snr + torch.log(0.5 * root_m + torch.sqrt(1.0 + 0.25 * root_m * root_m)),
+            -log_snr + torch.log(0.5 + 0.5 * torch.sqrt(1.0 + 4.0 * inv_m)),
+        )
+        return self._t_from_integral_beta(torch.nn.functional.softplus(log_v))

@@ -1,5 +1,9 @@
-"""Worker for the DDP test: `torchrun --standalone --nproc_per_node=2 tests/_ddp_worker.py OUT` trains the keyed
-problem below and rank 0 saves the final parameters and losses to OUT."""
+"""Worker for the DDP test: `torchrun --standalone --nproc_per_node=2 tests/_ddp_worker.py OUT [CHECKPOINT N_STEPS [unshared]]`
+trains the keyed problem below and rank 0 saves the final parameters and losses to OUT.
+
+With CHECKPOINT it trains to N_STEPS with a checkpoint every 2 steps, resuming from CHECKPOINT when it exists,
+and each rank that calls save_checkpoint appends the step to OUT.rank<r>.saves: the test reads who wrote. A fifth
+argument `unshared` hides the checkpoint from rank 1 (another path), as storage not shared between nodes would."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import sdescore.training.trainer as trainer  # noqa: E402
 from sdescore.nets import ScoreMLP  # noqa: E402
 from sdescore.training import setup_distributed, teardown_distributed, train  # noqa: E402
 
@@ -37,18 +42,33 @@ def keyed_loss(model: torch.nn.Module, x0: torch.Tensor, generator: torch.Genera
     return ((sigma[:, None] * s + z) ** 2).sum(dim=1).mean()
 
 
-def run():
+def run(n_steps: int = N_STEPS, checkpoint: str | None = None):
     return train(
-        make_model(), keyed_loss, make_data(), batch_size=BATCH, n_steps=N_STEPS, lr=1e-2,
+        make_model(), keyed_loss, make_data(), batch_size=BATCH, n_steps=n_steps, lr=1e-2,
         warmup_steps=2, grad_clip=0.5, ema_decay=0.5, seed=SEED, progress=False,
+        checkpoint_path=checkpoint, checkpoint_every=2,
     )
 
 
 if __name__ == "__main__":
+    out = sys.argv[1]
+    checkpoint, n_steps = (sys.argv[2], int(sys.argv[3])) if len(sys.argv) > 2 else (None, N_STEPS)
     info = setup_distributed()
-    result = run()
+    if sys.argv[4:] == ["unshared"]:  # rank 1 does not see the checkpoint, as on a node without the shared disk
+        checkpoint = checkpoint if info.rank == 0 else f"{checkpoint}.not-on-this-node"
+    real_save = trainer.save_checkpoint
+
+    def recording_save(state, path):
+        with open(f"{out}.rank{info.rank}.saves", "a") as log:
+            log.write(f"{state['step']}\n")
+        return real_save(state, path)
+
+    trainer.save_checkpoint = recording_save
+    result = run(n_steps, checkpoint)
     if info.is_main:
         torch.save(
-            {"world_size": info.world_size, "model": result.model.state_dict(), "losses": result.losses}, sys.argv[1]
+            {"world_size": info.world_size, "model": result.model.state_dict(), "ema": result.ema.state_dict(),
+             "losses": result.losses},
+            out,
         )
     teardown_distributed()

@@ -122,6 +122,19 @@ def test_mismatched_image_and_label_counts_are_rejected(tmp_path):
         load_mnist(tmp_path)
 
 
+@pytest.mark.parametrize(
+    "labels, match",
+    [(np.array([3.0, -1.0, 2.0, 1.0], ">f4"), "float32"), (np.array([3, 10, 2, 1], np.uint8), "label 10"),
+     (np.array([3, -1, 2, 1], np.int8), "int8")],
+    ids=["float", "above 9", "signed"],
+)
+def test_mnist_labels_of_another_type_or_range_are_rejected(tmp_path, labels, match):
+    fake_mnist(tmp_path, "train", 4, gz=False, seed=0)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels, gz=False)
+    with pytest.raises(ValueError, match=f"labels: expected uint8 IDX labels in 0..9, got .*{match}"):
+        load_mnist(tmp_path)
+
+
 def test_missing_mnist_file_says_which_where_and_from_where(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         load_mnist(tmp_path, "test")
@@ -206,6 +219,12 @@ def test_pixel_map_is_affine_onto_minus_one_one_and_inverts_exactly():
         images_to_float(x)
 
 
+@pytest.mark.parametrize("dtype", ["float32", torch.int64, float])
+def test_images_to_float_rejects_a_dtype_that_is_not_a_floating_torch_dtype(dtype):
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        images_to_float(torch.zeros(2, dtype=torch.uint8), dtype)
+
+
 # ------------------------------------------------------------------------------------------ 2-D mixtures
 def test_toy_2d_is_reproducible_and_shaped():
     a = toy_2d("ring", 100, torch.Generator().manual_seed(3))
@@ -238,6 +257,12 @@ def test_ring_modes_lie_on_the_circle_of_radius_two():
 def test_toy_2d_rejects_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):
         toy_2d(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float64"])
+def test_toy_mixture_rejects_a_dtype_that_is_not_a_floating_torch_dtype(dtype):
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        toy_mixture("ring", dtype)
 
 
 # ------------------------------------------------------------------------------------------ figures

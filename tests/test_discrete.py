@@ -61,10 +61,77 @@ def test_ncsn_sigmas_are_geometric_and_descending():
 def test_ncsn_levels_are_the_ve_kernel_std_on_the_grid_exactly(sigma_1, sigma_L, L):
     sigmas = ncsn_sigmas(sigma_1, sigma_L, L)
     ve = ve_sde_from_ncsn_sigmas(sigmas)
-    assert (ve.sigma_min, ve.sigma_max, ve.N) == (float(sigmas[-1]), float(sigmas[0]), L)
+    assert (ve.sigma_min, ve.sigma_max, ve.N) == (float(sigmas[-1]), float(sigmas[0]), L - 1)
     alpha, std = ve.kernel(ncsn_grid(L))
-    assert torch.equal(std, sigmas)  # bit for bit: NCSN's network sees the same sigma through the adapter
+    torch.testing.assert_close(std, sigmas, rtol=1e-15, atol=0)
     assert torch.equal(alpha, torch.ones_like(alpha))
+    # bit for bit for the VE-SDE of the parameters themselves
+    assert torch.equal(sds.VESDE(sigma_min=sigma_L, sigma_max=sigma_1).kernel(ncsn_grid(L))[1], sigmas)
+
+
+def test_ncsn_levels_match_the_ve_kernel_over_random_parameters():
+    """2000 seeded (sigma_1, sigma_L, L): VESDE(sigma_L, sigma_1).sigma(t_i) is ncsn_sigmas bit for bit; the VE-SDE
+    rebuilt from the levels (sigma_max = sigmas[0], a rounding of sigma_1) reproduces them within 1e-15 relative,
+    not always bit for bit (its log(sigma_max / sigma_min) can differ in the last bit)."""
+    g = np.random.default_rng(0)
+    rebuilt_exact = 0
+    for _ in range(2000):
+        sigma_1 = 10 ** g.uniform(-1, 3)
+        sigma_L, L = sigma_1 * 10 ** g.uniform(-5, -0.1), int(g.integers(2, 1200))
+        sigmas, t = ncsn_sigmas(sigma_1, sigma_L, L), ncsn_grid(L)
+        assert torch.equal(sds.VESDE(sigma_min=sigma_L, sigma_max=sigma_1).sigma(t), sigmas), (sigma_1, sigma_L, L)
+        std = sds.VESDE.from_ncsn(sigmas).kernel(t)[1]
+        torch.testing.assert_close(std, sigmas, rtol=1e-15, atol=0)
+        rebuilt_exact += bool(torch.equal(std, sigmas))
+    assert rebuilt_exact > 1900  # most are exact; the docs say "to rounding", not "bit for bit"
+
+
+@pytest.mark.parametrize("L", [2, 10, 232])
+def test_ve_sde_of_ncsn_levels_discretizes_to_the_smld_chain(L):
+    """N = L - 1: the levels lie 1 / (L - 1) apart in t, so `discretize(x, t_i)` adds the variance between two
+    consecutive levels, SMLD's step sqrt(sigma_i^2 - sigma_{i+1}^2) (Song et al. 2021, eq. 19)."""
+    sigmas = ncsn_sigmas(50.0, 0.01, L)
+    ve = sds.VESDE.from_ncsn(sigmas)
+    assert ve.N == L - 1
+    x = torch.zeros(L - 1, 2, dtype=F64)
+    f, G = ve.discretize(x, ncsn_grid(L)[:-1])
+    assert torch.equal(f, x)
+    torch.testing.assert_close(G, torch.sqrt(sigmas[:-1] ** 2 - sigmas[1:] ** 2), rtol=1e-13, atol=0)
+
+
+def _reference_sigmas_float32(sigma_1, sigma_L, L):
+    # NCSN's reference code: torch.tensor(np.exp(np.linspace(np.log(sigma_begin), np.log(sigma_end), L))).float()
+    return torch.tensor(np.exp(np.linspace(np.log(sigma_1), np.log(sigma_L), L))).float()
+
+
+@pytest.mark.parametrize("sigma_1, sigma_L, L", [(50.0, 0.01, 232), (1.0, 0.01, 10), (348.0, 0.01, 1000), (20.0, 1.0, 2)])
+def test_float32_geometric_levels_give_their_ve_sde(sigma_1, sigma_L, L):
+    candidates = {
+        "ncsn_sigmas().float()": ncsn_sigmas(sigma_1, sigma_L, L).float(),
+        "reference float32": _reference_sigmas_float32(sigma_1, sigma_L, L),
+        "exp(linspace) in float32": torch.exp(torch.linspace(math.log(sigma_1), math.log(sigma_L), L, dtype=torch.float32)),
+        "numpy float32": np.exp(np.linspace(np.log(sigma_1), np.log(sigma_L), L)).astype(np.float32),
+    }
+    for name, sigmas in candidates.items():
+        ve = sds.VESDE.from_ncsn(sigmas)
+        assert (ve.sigma_min, ve.sigma_max, ve.N) == (float(sigmas[-1]), float(sigmas[0]), L - 1), name
+        # the kernel std on the grid is the float32 levels to float32 precision
+        std = ve.kernel(ncsn_grid(L))[1]
+        torch.testing.assert_close(std.float(), torch.as_tensor(sigmas), rtol=4e-6, atol=0, msg=name)
+
+
+def test_non_geometric_levels_are_rejected_with_the_discrepancy():
+    sigmas = ncsn_sigmas(50.0, 0.01, 232).float()
+    bad = sigmas.clone()
+    bad[100] *= 1.001  # far beyond float32 rounding
+    with pytest.raises(ValueError, match=r"level 100 is .* relative deviation of 0\.001 where the levels' precision allows"):
+        ve_sde_from_ncsn_sigmas(bad)
+    bad64 = ncsn_sigmas(50.0, 0.01, 232)
+    bad64[7] *= 1 + 1e-9  # a float32-sized error is not float64 rounding
+    with pytest.raises(ValueError, match=r"level 7 is .* relative deviation of 1e-09"):
+        ve_sde_from_ncsn_sigmas(bad64)
+    with pytest.raises(ValueError, match=r"level 1 is 0\.5, but the geometric sequence .* has 0\.316"):
+        ve_sde_from_ncsn_sigmas([1.0, 0.5, 0.1])
 
 
 def test_ncsn_loss_is_the_sigma2_dsm_loss_on_the_ve_grid_value_for_value():
@@ -134,20 +201,23 @@ def test_annealed_langevin_follows_algorithm_1_of_song_and_ermon():
     torch.testing.assert_close(out.x, y, rtol=1e-13, atol=1e-13)
     assert out.nfe == len(sigmas) * T + 1
     assert annealed_langevin(score, sigmas, x, T, step_lr, denoise=False, generator=gen(8)).nfe == len(sigmas) * T
+    # levels given as numpy scalars (a numpy schedule's elements) are real numbers like floats
+    as_numpy = annealed_langevin(score, [np.float32(v) for v in sigmas], x, n_steps_each=T, step_lr=step_lr, generator=gen(8))
+    torch.testing.assert_close(as_numpy.x, out.x, rtol=1e-13, atol=1e-13)
 
 
 def test_annealed_langevin_is_the_corrector_only_pc_sampler():
     """annealed_langevin == pc_sample(predictor='none', corrector=AnnealedLangevinCorrector) sample for sample.
 
-    pc_sample runs its corrector at the first `steps` points of linspace(T, eps, steps + 1). The VE-SDE with
-    sigma_max = sigma_1 and sigma_min = sigma_L r^2 (r the levels' ratio), steps = L and eps = 1 / (L + 1) puts
-    those points exactly on NCSN's levels sigma_1..sigma_L.
+    Without a predictor, pc_sample runs its corrector at all points of linspace(T, eps, steps + 1), eps included.
+    The VE-SDE with sigma_max = sigma_1 and sigma_min = sigma_L r (r the levels' ratio), steps = L - 1 and
+    eps = 1 / L puts those points exactly on NCSN's levels sigma_1..sigma_L.
     """
     L, sigma_1, sigma_L, T, step_lr = 6, 3.0, 0.2, 4, 0.05
     sigmas = ncsn_sigmas(sigma_1, sigma_L, L)
     r = (sigma_L / sigma_1) ** (1 / (L - 1))
-    ve, eps = sds.VESDE(sigma_min=sigma_L * r**2, sigma_max=sigma_1), 1 / (L + 1)
-    torch.testing.assert_close(ve.sigma(torch.linspace(1.0, eps, L + 1, dtype=F64)[:L]), sigmas, rtol=1e-14, atol=0)
+    ve, eps = sds.VESDE(sigma_min=sigma_L * r, sigma_max=sigma_1), 1 / L
+    torch.testing.assert_close(ve.sigma(torch.linspace(1.0, eps, L, dtype=F64)), sigmas, rtol=1e-14, atol=0)
 
     ncsn_fn = single_gaussian().noised()
     x = torch.randn(32, 2, generator=gen(9), dtype=F64)
@@ -155,7 +225,7 @@ def test_annealed_langevin_is_the_corrector_only_pc_sampler():
     b = sds.pc_sample(
         ve, score_from_ncsn(ve, ncsn_fn), None, x_T=x, predictor="none",
         corrector=AnnealedLangevinCorrector(sigma_min=sigma_L, step_lr=step_lr), n_corrector_steps=T,
-        steps=L, eps=eps, generator=gen(10),
+        steps=L - 1, eps=eps, generator=gen(10),
     )
     torch.testing.assert_close(a.x, b.x, rtol=1e-12, atol=1e-12)
     assert a.nfe == b.nfe == L * T
@@ -394,3 +464,42 @@ def test_bad_input_raises_clear_errors():
         ddpm_sample(lambda y, i: y, [0.1, 0.2], x, variance="sigma")
     with pytest.raises(TypeError, match="unexpected keyword"):
         annealed_langevin(ncsn_fn, [1.0, 0.1], x, n_steps=3)
+
+
+def test_ddpm_eps_from_continuous_checks_the_step_index():
+    N = 1000
+    eps_fn = ddpm_eps_from_continuous(sds.VPSDE(), lambda y, t: 0 * y + t[:, None], ddpm_betas())  # returns t_i
+    x = torch.ones(3, 2, dtype=F64)
+    ok = eps_fn(x, torch.tensor([0, 500, N - 1]))
+    torch.testing.assert_close(ok[:, 0], ddpm_times(sds.VPSDE(), ddpm_betas())[[0, 500, N - 1]], rtol=1e-15, atol=0)
+    with pytest.raises(ValueError, match=r"i .* must lie in \[0, 999\] .* got values in \[-1000, 0\]"):
+        eps_fn(x, torch.tensor([-1, -1000, 0]))  # was: wrapped around to the noisiest steps
+    with pytest.raises(ValueError, match=r"must lie in \[0, 999\] .* got values in \[0, 1000\]"):
+        eps_fn(x, torch.tensor([0, 1, N]))  # was: a raw IndexError
+    with pytest.raises(TypeError, match=r"i must be an integer tensor of shape \(3,\).* got dtype torch.float32"):
+        eps_fn(x, torch.tensor([0.9, 1.7, 2.2]))  # was: truncated to steps 0, 1, 2
+    with pytest.raises(TypeError, match="i must be an integer tensor .* got int"):
+        eps_fn(x, 3)
+    with pytest.raises(TypeError, match="i must be an integer tensor .* got dtype torch.bool"):
+        eps_fn(x, torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"i must have shape \(3,\)"):
+        eps_fn(x, torch.zeros(3, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="eps_fn returned shape"):
+        ddpm_eps_from_continuous(sds.VPSDE(), lambda y, t: y[:, :1], ddpm_betas())(x, torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("sde", [sds.VESDE(sigma_min=0.01, sigma_max=50.0), sds.VPSDE()], ids=repr)
+def test_ncsn_from_score_rejects_levels_outside_the_sde(sde):
+    f = ncsn_from_score(sde, lambda y, t: -y)
+    x = torch.zeros(3, 2, dtype=F64)
+    alpha, std = sde.kernel(torch.tensor([0.0, 1.0], dtype=F64))
+    low, high = (std / alpha).tolist()
+    inside = torch.tensor([max(low, 1e-3), 1.0, high], dtype=F64)
+    assert f(x, inside).shape == x.shape
+    assert f(x.float(), inside.float()).shape == x.shape  # the top level rounded to float32 is still inside
+    for sigma in ([2 * high, 1.0, 1.0], [0.0, 1.0, 1.0], [math.nan, 1.0, 1.0]) + (([low / 2, 1.0, 1.0],) if low > 0 else ()):
+        # was: evaluated the score at t < 0, t > T or t = +-inf
+        with pytest.raises(ValueError, match=r"sigma must lie in the SDE's range .* \[" + f"{low:.6g}, {high:.6g}"):
+            f(x, torch.tensor(sigma, dtype=F64))
+    with pytest.raises(ValueError, match=r"sigma must have shape \(3,\)"):
+        f(x, torch.tensor(1.0, dtype=F64))

@@ -62,7 +62,7 @@ def test_karras_grid_concentrates_steps_at_low_noise_as_rho_grows(sde):
     """The first step from eps (in log sigma) shrinks as rho grows: the grid moves its nodes towards sigma_min."""
     n, eps = 10, 1e-3
     last = [float(torch.log(_sigma(sde, time_grid(sde, n, KarrasGrid(rho), eps)[-2:])).diff().abs()) for rho in (1, 3, 7, 20)]
-    assert last == sorted(last, reverse=True)
+    assert all(a > b for a, b in zip(last, last[1:])), last
 
 
 @settings(max_examples=40, deadline=None)

@@ -219,13 +219,67 @@ def test_generic_sde_without_a_kernel_falls_back_to_its_own_time():
 
 
 def test_nonfinite_score_raises_naming_the_time():
+    """The score turns NaN for t > 0.52: the error names the first evaluation past that time, its index and t.
+    An adaptive solver's step is not counted (rejected steps and the initial-step probe evaluate too), so none is
+    named; rk4 on 10 steps of the 'vp' clock (tau = t for this VP-SDE) names its step, 5 (t = 0.5 + 0.1 / 3)."""
     sde = sds.VPSDE()
 
     def bad(x, t):
-        return torch.where(t[:, None] > 0.5, torch.full_like(x, float("nan")), -x)
+        return torch.where(t[:, None] > 0.52, torch.full_like(x, float("nan")), -x)
 
-    with pytest.raises(sds.NonFiniteError, match="log_likelihood"):
-        log_likelihood(sde, bad, torch.zeros(2, 2))
+    for method, steps in (("tsit5", None), ("dopri5", None), ("rk4", 10)):
+        rec = _Recorder(bad)
+        with pytest.raises(sds.NonFiniteError) as info:
+            log_likelihood(sde, rec, torch.zeros(2, 2), method=method, steps=steps)
+        times = [float(t[0]) for t in rec.times]
+        k = next(i for i, t in enumerate(times) if t > 0.52)
+        message = str(info.value)
+        assert f"(t={times[k]:.6g}, score evaluation {k})" in message, (method, message)
+        if steps is None:
+            assert "in the solve" in message and "at step" not in message, message
+        else:
+            assert message.startswith("log_likelihood: non-finite values appeared at step 5 (t=0.533"), message
+
+
+@pytest.mark.parametrize("method, steps", [("tsit5", None), ("dopri5", None), ("rk4", 10)])
+def test_a_nan_divergence_with_finite_scores_is_the_same_nonfinite_error_for_every_method(method, steps):
+    """torch.where's classic pitfall: the score is -x everywhere but the unselected branch sqrt(-|x|) has a NaN
+    gradient, so delta_logp turns NaN while every score is finite. torchdiffeq's step (dopri5) raises an
+    AssertionError, sdescore's (tsit5) sees the NaN in its error ratio, a fixed-step method integrates it to the
+    end: the same NonFiniteError in every case, naming delta_logp and the gradient, no AssertionError."""
+
+    def score(x, t):
+        return torch.where(x > 1e9, torch.sqrt(-x.abs()), -x)
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(sds.NonFiniteError, match=r"^log_likelihood: delta_logp .* non-finite although every score "
+                                                 r"was finite; check score_fn's gradient"):
+        log_likelihood(sds.VPSDE(), score, x, method=method, steps=steps)
+
+
+@pytest.mark.parametrize("sde_name", list(SDES))
+def test_a_score_cut_off_from_autograd_is_refused_not_silently_wrong(sde_name):
+    """The divergence differentiates v = f - g^2 s / 2 by autograd. A score under torch.no_grad() or computed from
+    x.detach() leaves only f in the graph: VP and sub-VP would return div f alone, wrong by the whole score term,
+    and VE (f = 0) would meet autograd's own error. Each is a TypeError naming score_fn and the cause, for both
+    traces; torch.inference_mode() is refused at entry, and torch.no_grad() around the call still works."""
+    sde, score, x, truth, prior = _setup(sde_name, 2, n=4)
+    cut = {
+        "no_grad": torch.no_grad()(score),
+        "detach": lambda x, t: score(x.detach(), t),
+        "constant": lambda x, t: torch.zeros_like(x),
+    }
+    for name, fn in cut.items():
+        for trace in ("exact", "hutchinson"):
+            with pytest.raises(TypeError, match=r"score_fn's output does not depend on x through autograd"):
+                log_likelihood(sde, fn, x, trace=trace, rtol=1e-3, atol=1e-3)
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match=r"inference_mode.*torch\.no_grad\(\) instead"):
+            log_likelihood(sde, score, x)
+        x_inference = x.clone()
+    with torch.no_grad():
+        res = log_likelihood(sde, score, x_inference, prior_logp=prior, rtol=1e-7, atol=1e-7)
+    assert float((res.logp - truth).abs().max()) < 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- Hutchinson

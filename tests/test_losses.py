@@ -256,6 +256,47 @@ def test_ssm_with_rademacher_projections_is_ism_for_a_diagonal_jacobian():
     torch.testing.assert_close(a, ism_loss(score, x, reduce="none"), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("variance_reduction", [True, False])
+def test_ssm_of_a_fixed_time_model_with_several_projections_is_the_per_sample_formula(variance_reduction):
+    """The documented recipe `lambda x: model(x, t)`, t of shape (B,), with n_projections = 3.
+
+    Each sample's value must be mean_m [v_m^T J_b v_m + (v_m^T s_b)^2 / 2] (or ||s_b||^2 / 2 with VR), with J_b the
+    Jacobian of sample b at its own time t_b (from torch.func.jacrev) and v_m the m-th block of the projections
+    drawn with the same generator. The score is called once, on the B rows.
+    """
+    B, M = 16, 3
+    A, b = random_affine(12)
+    t = torch.linspace(0.1, 1.0, B, dtype=F64)
+    calls = []
+
+    def model(y, tt):  # a per-sample-time network: it reshapes t by the batch of y
+        calls.append(y.shape[0])
+        return torch.tanh(y @ A.T) * (1 + tt.reshape(-1, 1)) + torch.sin(y).roll(1, dims=1) * tt.reshape(-1, 1) + b
+
+    x = gaussian_data(B, 13)
+    got = ssm_loss(lambda y: model(y, t), x, M, variance_reduction=variance_reduction, reduce="none", generator=gen(14))
+    assert calls == [B]
+
+    v = torch.randn(M * B, 3, generator=gen(14), dtype=F64).reshape(M, B, 3)
+    jac = torch.vmap(torch.func.jacrev(lambda y, tt: model(y[None], tt[None])[0]))(x, t)  # (B, 3, 3)
+    s = model(x, t)
+    vJv = torch.einsum("mbi,bij,mbj->mb", v, jac, v).mean(0)
+    second = 0.5 * s.pow(2).sum(1) if variance_reduction else (0.5 * (v * s).sum(2).pow(2)).mean(0)
+    torch.testing.assert_close(got, vJv + second, rtol=1e-12, atol=1e-12)
+
+
+def test_ssm_loss_keeps_the_graph_of_every_projection():
+    # d/dA of mean_b mean_m v^T A v + ||A x + b||^2 / 2 for an affine score: mean v v^T + mean (A x + b) x^T.
+    A, b = random_affine(15)
+    A.requires_grad_(True)
+    x = gaussian_data(32, 16)
+    (gA,) = torch.autograd.grad(ssm_loss(lambda y: y @ A.T + b, x, 4, generator=gen(17)), (A,))
+    v = torch.randn(4 * 32, 3, generator=gen(17), dtype=F64)
+    with torch.no_grad():
+        expected = v.T @ v / v.shape[0] + (x @ A.T + b).T @ x / 32
+    torch.testing.assert_close(gA, expected, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------------ reductions
 def test_reductions_and_image_shaped_data():
     sde = sds.VPSDE()
@@ -304,6 +345,31 @@ def test_bad_input_raises_clear_errors():
         ncsn_loss(ncsn, x0, [1.0, 0.5, 0.1], labels=torch.zeros(4))
     with pytest.raises(ValueError, match=r"labels must have shape \(4,\)"):
         ncsn_loss(ncsn, x0, [1.0, 0.5, 0.1], labels=torch.zeros(3, dtype=torch.long))
+
+
+def test_a_custom_weighting_must_return_one_value_per_sample():
+    # (B, 1) would broadcast the per-sample loss to (B, B): reduce='mean' then gives mean(w) mean(loss).
+    sde, x0 = sds.VPSDE(), torch.randn(4, 2, dtype=F64)
+    score = lambda x, t: -x  # noqa: E731
+    good = dsm_loss(sde, score, x0, weighting=lambda sde, t: sde.g(t) ** 2, reduce="none", generator=gen(0))
+    torch.testing.assert_close(good, dsm_loss(sde, score, x0, weighting="likelihood", reduce="none", generator=gen(0)))
+    with pytest.raises(ValueError, match=r"weighting returned shape \(4, 1\) for t of shape \(4,\)"):
+        dsm_loss(sde, score, x0, weighting=lambda sde, t: sde.g(t)[:, None] ** 2)
+    with pytest.raises(ValueError, match=r"weighting returned float"):
+        dsm_loss(sde, score, x0, weighting=lambda sde, t: 1.0)
+
+
+def test_a_custom_projection_must_return_the_requested_shape_and_dtype():
+    x = torch.randn(5, 3, dtype=F64)
+    ok = lambda shape, g, dtype, device: torch.ones(shape, dtype=dtype, device=device)  # noqa: E731
+    assert ssm_loss(lambda y: -y, x, 2, projection=ok, reduce="none").shape == (5,)
+    # v of shape (M B, 1) would turn v^T J v into the sum of all Jacobian entries, silently
+    with pytest.raises(ValueError, match=r"projection must return v of the requested shape \(10, 3\)"):
+        ssm_loss(lambda y: -y, x, 2, projection=lambda shape, g, dtype, device: torch.ones(shape[0], 1, dtype=dtype))
+    with pytest.raises(ValueError, match=r"projection must return v .* got shape \(5, 3\) torch.float32"):
+        ssm_loss(lambda y: -y, x, projection=lambda shape, g, dtype, device: torch.ones(shape))
+    with pytest.raises(ValueError, match=r"projection must return v .* got list"):
+        ssm_loss(lambda y: -y, x, projection=lambda shape, g, dtype, device: [1.0])
 
 
 @settings(max_examples=60, deadline=None)

@@ -155,7 +155,12 @@ def test_marginal_density_integrates_to_one_in_1d_and_2d():
 
 # ---------------------------------------------------------------------- sampling
 def test_samples_have_the_mixture_mean_covariance_and_weights():
-    """Sample means and component frequencies within 4.5 standard errors (null level ~1e-5 per figure, seed fixed)."""
+    """Sample means, component frequencies and each component's mean and covariance within 4.5 standard errors
+    (two-sided null level 7e-6 per figure, 3 + 4 + 4 x (3 + 6) = 43 figures: < 3e-4 together; seed fixed).
+
+    The SE of a sample covariance entry from n_j draws of N(mu, Sigma) is sqrt((Sigma_ik Sigma_ll + Sigma_il^2) / n_j)
+    (Wishart). The per-component covariances see an error in the within-component spread (e.g. lam for sqrt(lam))
+    that the total covariance, dominated by the spread of the means, hides."""
     m = random_anisotropic(3, 4, seed=2)
     n = 200_000
     x, J = m.sample(n, torch.Generator().manual_seed(0), return_components=True)
@@ -163,8 +168,15 @@ def test_samples_have_the_mixture_mean_covariance_and_weights():
     assert bool(((x.mean(0) - m.mean()).abs() < 4.5 * se).all())
     freq = torch.bincount(J, minlength=4).to(f64) / n
     assert bool(((freq - m.weights).abs() < 4.5 * torch.sqrt(m.weights * (1 - m.weights) / n)).all())
-    emp = torch.cov(x.T)
-    assert float((emp - m.covariance()).abs().max()) < 0.05 * float(m.covariance().abs().max())
+    iu = torch.triu_indices(3, 3)
+    for j in range(4):
+        xj, S = x[J == j], m.covs[j]
+        nj = xj.shape[0]
+        z_mean = (xj.mean(0) - m.means[j]) / torch.sqrt(torch.diagonal(S) / nj)
+        se_cov = torch.sqrt((torch.outer(torch.diagonal(S), torch.diagonal(S)) + S**2) / nj)
+        z_cov = ((torch.cov(xj.T) - S) / se_cov)[iu[0], iu[1]]
+        assert float(z_mean.abs().max()) < 4.5, (j, z_mean)
+        assert float(z_cov.abs().max()) < 4.5, (j, z_cov)
 
 
 @pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
@@ -260,6 +272,49 @@ def test_named_targets_have_their_documented_shape():
 def test_bad_parameters_raise_value_error_naming_them(weights, means, covs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixture(weights, means, covs)
+
+
+def test_a_full_looking_matrix_as_k_by_d_covs_is_refused_when_k_equals_d():
+    """(K, d) always means diagonal; with K = d a symmetric positive definite matrix with off-diagonal entries may be
+    meant as one shared full covariance, so it is refused; rows that cannot be one covariance are diagonal ones."""
+    shared = [[1.0, 0.5], [0.5, 1.0]]
+    with pytest.raises(ValueError, match=r"\(K, d, d\)"):
+        GaussianMixture([0.5, 0.5], [[0.0, 0.0], [3.0, 3.0]], shared)
+    full = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [3.0, 3.0]], torch.tensor(shared)[None].expand(2, 2, 2))
+    torch.testing.assert_close(full.covs[1], torch.tensor(shared, dtype=f64))
+    for rows in ([[1.0, 0.5], [0.7, 1.0]], [[1.0, 2.0], [2.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]):  # not symmetric, not PD
+        m = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [3.0, 3.0]], rows)
+        assert m.kind == "diagonal"
+        torch.testing.assert_close(m.covs, torch.diag_embed(torch.tensor(rows, dtype=f64)))
+
+
+@pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+def test_times_outside_zero_to_T_are_refused_naming_t(sde):
+    m = ncsn_toy()
+    p = m.diffuse(sde)
+    x = torch.zeros(2, 2, dtype=f64)
+    for bad in (-0.1, sde.T + 0.5, torch.tensor([0.5, -1e-3], dtype=f64), float("nan")):
+        with pytest.raises(ValueError, match=r"^t must"):
+            p.score(x, bad)
+        with pytest.raises(ValueError, match=r"^t must"):
+            p.log_prob(x, bad)
+    with pytest.raises(ValueError, match=r"^t must lie in \[0, T"):
+        m.marginal(sde, sde.T + 0.5)
+    with pytest.raises(ValueError, match="t_to"):
+        single_gaussian().ode_solution(sde, x, sde.T, sde.T + 0.5)
+    p.score(x, torch.tensor([0.0, sde.T], dtype=torch.float32))  # the ends of [0, T] are fine, in float32 too
+
+
+def test_negative_noise_levels_are_refused():
+    """With sde=None the time is the noise level sigma: sigma < 0 would flip the sign of eps."""
+    p = ncsn_toy().noised()
+    x = torch.ones(1, 2, dtype=f64)
+    for method in (p.score, p.eps, p.denoiser, p.log_prob):
+        with pytest.raises(ValueError, match="noise level sigma >= 0"):
+            method(x, -0.5)
+    with pytest.raises(ValueError, match="t"):
+        p.marginal(-0.5)
+    assert bool(torch.isfinite(p.eps(x, 50.0)).all())  # any sigma >= 0 is a valid noise level
 
 
 def test_bad_points_and_times_raise():

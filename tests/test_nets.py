@@ -50,6 +50,54 @@ def test_log_input_embeds_the_logarithm():
         emb(torch.tensor([0.0, 1.0]))
 
 
+class _Recorder(torch.nn.Module):
+    """A custom embedding that records what it receives."""
+
+    dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+        self.proj = torch.nn.Linear(1, 4)
+
+    def forward(self, t):
+        self.seen.append(t.detach().clone())
+        return self.proj(t[:, None])
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda emb: NCSNUNet(1, base_channels=16, embedding=emb), torch.randn(3, 1, 8, 8)),
+        (lambda emb: ScoreMLP(2, hidden=8, depth=1, embedding=emb, log_input=True), torch.randn(3, 2)),
+    ],
+    ids=["NCSNUNet", "ScoreMLP(log_input=True)"],
+)
+def test_custom_embedding_module_receives_log_sigma_as_documented(make, x):
+    emb = _Recorder()
+    net = make(emb)
+    sigma = torch.tensor([0.01, 1.0, 50.0])
+    net(x, sigma)
+    torch.testing.assert_close(emb.seen[-1], torch.log(sigma))
+    with pytest.raises(ValueError, match="> 0"):
+        net(x, torch.tensor([0.0, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda emb: DDPMUNet(1, base_channels=16, embedding=emb), torch.randn(3, 1, 8, 8)),
+        (lambda emb: ScoreMLP(2, hidden=8, depth=1, embedding=emb), torch.randn(3, 2)),
+    ],
+    ids=["DDPMUNet", "ScoreMLP"],
+)
+def test_custom_embedding_module_receives_t_without_log_input(make, x):
+    emb = _Recorder()
+    t = torch.tensor([0.0, 0.5, 1.0])
+    make(emb)(x, t)
+    torch.testing.assert_close(emb.seen[-1], t)
+
+
 def test_sinusoidal_embedding_matches_the_transformer_formula():
     dim, s = 6, 1000.0
     emb = SinusoidalEmbedding(dim, input_scale=s)
@@ -142,6 +190,7 @@ def test_unet_rejects_sizes_not_divisible_by_its_downsampling(net):
     "kwargs, match",
     [
         (dict(base_channels=12), "num_groups"),
+        (dict(base_channels=4, channel_mults=(2, 4)), r"base_channels = 4 is not divisible by num_groups=8"),
         (dict(channel_mults=()), "channel_mults"),
         (dict(channel_mults=(1, 0)), r"channel_mults\[1\]"),
         (dict(attention_levels=(3,)), "attention_levels"),

@@ -68,9 +68,34 @@ def test_converters_round_trip(sde):
 
 def test_converters_reject_bad_input():
     sde = sds.VPSDE()
+    x, t = torch.zeros(2, 3), torch.full((2,), 0.5)
     with pytest.raises(TypeError, match="eps_fn must be callable"):
         sds.score_from_eps(sde, 3)
     with pytest.raises(TypeError, match="sde must be an sdescore.SDE"):
         sds.denoiser_from_score("vp", lambda x, t: x)
-    with pytest.raises(ValueError, match=r"returned \(2, 1\) for x of shape \(2, 3\)"):
-        sds.score_from_eps(sde, lambda x, t: x[:, :1])(torch.zeros(2, 3), torch.full((2,), 0.5))
+    # the wrapped function's errors name its argument, not a private class
+    with pytest.raises(ValueError, match=r"^eps_fn returned shape \(2, 1\) for x of shape \(2, 3\)"):
+        sds.score_from_eps(sde, lambda x, t: x[:, :1])(x, t)
+    with pytest.raises(ValueError, match=r"^denoiser_fn returned shape"):
+        sds.score_from_denoiser(sde, lambda x, t: x[:1])(x, t)
+    with pytest.raises(TypeError, match=r"^score_fn returned dtype torch.float64 for x of dtype torch.float32"):
+        sds.eps_from_score(sde, lambda x, t: x.double())(x, t)
+    with pytest.raises(TypeError, match="score_fn must return a torch.Tensor"):
+        sds.denoiser_from_score(sde, lambda x, t: 0.0)(x, t)
+
+
+@pytest.mark.parametrize("convert", [sds.score_from_eps, sds.eps_from_score, sds.score_from_denoiser, sds.denoiser_from_score])
+def test_converters_check_the_type_and_shape_of_t(convert):
+    sde, x = sds.VPSDE(), torch.zeros(3, 2)
+    f = convert(sde, lambda x, t: x)
+    with pytest.raises(ValueError, match=r"t must have shape \(3,\), one per sample .* got shape \(\)"):
+        f(x, torch.tensor(0.5))  # a 0-d time: was an IndexError from inside the kernel
+    with pytest.raises(ValueError, match=r"t must have shape \(3,\).* got shape \(3, 1\)"):
+        f(x, torch.full((3, 1), 0.5))
+    with pytest.raises(TypeError, match="t must be a floating tensor of shape \\(3,\\).* got float"):
+        f(x, 0.5)
+    with pytest.raises(TypeError, match="t must be a floating tensor .* got dtype torch.int64"):
+        f(x, torch.ones(3, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"x must be a floating tensor of shape \(B, \*dims\)"):
+        f(torch.zeros(3), torch.full((3,), 0.5))
+    assert f(x, torch.full((3,), 0.5)).shape == x.shape

@@ -235,6 +235,56 @@ def test_non_finite_derivatives_fail_as_in_torchdiffeq(reference):
             torchdiffeq.odeint(f, torch.ones(3, **F64), torch.tensor([0.0, 1.0], **F64), method=method)
 
 
+@pytest.mark.parametrize("start", [0.3, 0.0], ids=["mid-solve", "at-t0"])
+def test_a_nan_in_the_second_part_of_a_tuple_state_fails_as_in_torchdiffeq(reference, start):
+    """(y, q) with q' NaN for t > start (at t0 itself too for start = 0): torchdiffeq's mixed norm takes a Python
+    max over the parts, which drops a NaN that is not first, and its step catches the NaN by checking y0 at every
+    step; sdescore's step sees it in the error ratio (and in the initial-step heuristic). Every step fails, for
+    tsit5 on both steps and for dopri5, and also with a caller's norm that drops the NaN (y0 checked as by
+    torchdiffeq); no evaluation is made at a NaN time."""
+    times = []
+
+    def f(t, state):
+        times.append(float(t))
+        y, q = state
+        return -y, torch.full_like(q, float("nan") if float(t) > start or start == 0.0 else 1.0)
+
+    y0 = (torch.ones(3, **F64), torch.zeros(1, **F64))
+    ts = torch.tensor([0.0, 1.0], **F64)
+    python_max = {"norm": lambda parts: max(p.abs().max() for p in parts)}
+    for method, options in (("tsit5", None), (reference, None), ("dopri5", None), ("tsit5", python_max)):
+        times.clear()
+        with pytest.raises(AssertionError, match="non-finite"):
+            torchdiffeq.odeint(f, y0, ts, method=method, options=options)
+        assert times and all(math.isfinite(t) for t in times), (method, times)
+
+
+@pytest.mark.parametrize("method", ["tsit5", "dopri5"])
+def test_a_state_non_finite_with_finite_scores_is_a_nonfinite_error_for_sdescores_callers(method):
+    """sdescore.flow.odeint_naming_nonfinite on a state (x, q) as log_likelihood's: q' turns NaN (as a NaN gradient
+    in the divergence does) while every score, of x alone, stays finite. torchdiffeq's step (dopri5) and
+    sdescore's (tsit5) fail differently; both become the same NonFiniteError, not a raw AssertionError dumping the
+    state. A failure that is not about non-finite values (max_num_steps) is re-raised as it is."""
+    from sdescore._score import CheckedScore, NonFiniteError
+    from sdescore.flow import odeint_naming_nonfinite
+
+    score = CheckedScore(lambda x, t: -x)
+
+    def f(t, state):
+        x, q = state
+        return score(x, t.expand(x.shape[0])), torch.full_like(q, float("nan") if float(t) > 0.3 else 1.0)
+
+    x0 = torch.ones(3, 2, **F64)
+    y0, ts = (x0, torch.zeros(3, **F64)), torch.tensor([0.0, 1.0], **F64)
+    with pytest.raises(NonFiniteError, match=r"^here: the state became non-finite although every score was finite"):
+        odeint_naming_nonfinite(score, x0, "here", lambda k, t: None, f, y0, ts, method, {})
+    with pytest.raises(NonFiniteError, match="^custom$"):
+        odeint_naming_nonfinite(score, x0, "here", lambda k, t: None, f, y0, ts, method, {}, nonfinite_state="custom")
+    with pytest.raises(AssertionError, match="max_num_steps"):
+        odeint_naming_nonfinite(score, x0, "here", lambda k, t: None, lambda t, y: -y, x0, ts, method,
+                                {"rtol": 1e-10, "atol": 1e-10, "options": {"max_num_steps": 2}})
+
+
 def test_the_lazy_interpolant_is_torchdiffeqs():
     """The quartic fitted on first access equals torchdiffeq's _interp_fit of the same five inputs."""
     from torchdiffeq._impl.interp import _interp_fit

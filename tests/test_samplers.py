@@ -53,8 +53,12 @@ SDE_METHODS_EVALS = {"euler": 1, "heun": 2}
 def test_every_torchsde_method_for_diagonal_noise_samples_the_target(method):
     sde = sds.VPSDE()
     x_T = _law_at_T_samples(sde, 2000, 2)
-    gen = None if method == "log_ode" else torch.Generator().manual_seed(3)
-    r = sde.reverse(TARGET.score_fn(sde)).sample(x_T, steps=100, method=method, eps=EPS, generator=gen)
+    if method == "log_ode":  # torchsde's BrownianInterval (Lévy area), seeded through its entropy
+        gen, bm = None, torchsde.BrownianInterval(t0=0.0, t1=sde.T - EPS, size=tuple(x_T.shape), dtype=x_T.dtype,
+                                                  entropy=3, levy_area_approximation="foster")
+    else:
+        gen, bm = torch.Generator().manual_seed(3), None
+    r = sde.reverse(TARGET.score_fn(sde)).sample(x_T, steps=100, method=method, eps=EPS, generator=gen, bm=bm)
     _assert_moments(r.x, TARGET.marginal(sde, EPS), bias_mean=0.03, bias_cov=0.08)
 
 
@@ -161,6 +165,81 @@ def test_pc_sample_reproduces_gaussian_moments(sde, predictor, corrector):
     )
     assert r.nfe == 200 * (1 + (corrector == "langevin"))
     _assert_moments(r.x, TARGET.marginal(sde, EPS), bias_mean=0.02, bias_cov=0.06)
+
+
+def test_pc_sample_draws_from_the_prior_with_numpy_integer_sizes():
+    sde = sds.VPSDE()
+    r = sds.pc_sample(sde, TARGET.score_fn(sde), np.array([5, 2]), steps=30, generator=torch.Generator().manual_seed(0))
+    assert r.x.shape == (5, 2)
+
+
+def test_corrector_only_sampling_ends_at_eps():
+    """Without a predictor the corrector runs at every point of linspace(T, eps, steps + 1), eps included (annealed
+    Langevin dynamics over steps + 1 levels); with a predictor, at the steps points before eps."""
+    sde = sds.VESDE()
+    x_T = _law_at_T_samples(sde, 16, 5)
+    for predictor, levels in (("none", 4), ("reverse_diffusion", 3)):
+        times = []
+
+        def score(x, t):
+            times.append(float(t[0]))
+            return TARGET.score_fn(sde)(x, t)
+
+        r = sds.pc_sample(sde, score, None, x_T=x_T, predictor=predictor, corrector="langevin", steps=3,
+                          n_corrector_steps=2, eps=EPS, generator=torch.Generator().manual_seed(6))
+        grid = torch.linspace(sde.T, EPS, 4, dtype=torch.float64).tolist()
+        corrector_times = times if predictor == "none" else [t for k, t in enumerate(times) if k % 3 != 2]
+        assert corrector_times == [t for t in grid[:levels] for _ in range(2)], times
+        assert r.nfe == len(times)
+
+
+def test_langevin_corrector_step_is_the_signal_to_noise_rule():
+    """One corrector step is algorithm 5 of Song et al. (2021), transcribed: eps = 2 alpha_i (r ||z|| / ||s||)^2 with
+    batch-mean norms and alpha_i = (alpha(t) / alpha(t - h))^2, x_mean = x + eps s, x = x_mean + sqrt(2 eps) z."""
+    from sdescore._score import CheckedScore
+    from sdescore.samplers import LangevinCorrector
+
+    for sde in (sds.VPSDE(), sds.VESDE()):
+        score = TARGET.score_fn(sde)
+        x = torch.randn(64, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+        t = torch.full((64,), 0.4, dtype=torch.float64)
+        h, snr = 0.01, 0.16
+        got_x, got_mean = LangevinCorrector().step(sde, CheckedScore(score), x, t, h, 1, snr,
+                                                   torch.Generator().manual_seed(8))
+        z = torch.randn(64, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+        s = score(x, t)
+        alpha_i = float(sde.kernel(t[:1])[0] / sde.kernel(t[:1] - h)[0]) ** 2
+        step = 2 * alpha_i * (snr * float(z.norm(dim=1).mean()) / float(s.norm(dim=1).mean())) ** 2
+        torch.testing.assert_close(got_mean, x + step * s, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got_x, x + step * s + math.sqrt(2 * step) * z, rtol=1e-12, atol=1e-12)
+
+
+def test_a_reverse_sde_reused_across_solves_reads_the_current_model():
+    """sde.reverse(score) handed to torchsde.sdeint twice from the same y0 uses the score as it is at each solve
+    (no drift remembered from the last solve, nor from before an in-place change of y0)."""
+    sde = sds.VESDE()
+    c = [1.0]
+    rsde = sde.reverse(lambda x, t: -c[0] * x, probability_flow=True)
+    y0 = torch.ones(3, 2)
+    ts = torch.tensor([0.0, 0.01])
+    first = torchsde.sdeint(rsde, y0, ts, method="euler", dt=0.01)[-1]
+    c[0] = 9.0
+    again = torchsde.sdeint(rsde, y0, ts, method="euler", dt=0.01)[-1]
+    fresh = torchsde.sdeint(sde.reverse(lambda x, t: -9.0 * x, probability_flow=True), y0, ts, method="euler", dt=0.01)[-1]
+    torch.testing.assert_close(again, fresh, rtol=1e-14, atol=1e-14)
+    assert not torch.allclose(first, again)
+    y0.mul_(2.0)
+    doubled = torchsde.sdeint(rsde, y0, ts, method="euler", dt=0.01)[-1]
+    torch.testing.assert_close(doubled, 2.0 * fresh, rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("s", [-0.5, 1.5])
+def test_the_reverse_sde_rejects_solver_times_outside_zero_to_T(s):
+    rsde = sds.VPSDE().reverse(lambda x, t: -x)
+    y = torch.ones(2, 2)
+    for call in (lambda: rsde.f(torch.tensor(s), y), lambda: rsde.g(torch.tensor(s), y)):
+        with pytest.raises(ValueError, match=r"solver times s = T - t in \[0, 1.0\]"):
+            call()
 
 
 def test_pc_sample_from_the_prior_draws_with_the_generator():
@@ -278,6 +357,19 @@ def test_score_output_is_checked():
         (lambda sde, s, x: sds.pc_sample("vp", s, (3, 2)), TypeError, "sde must be an sdescore.SDE"),
         (lambda sde, s, x: sde.reverse(s).sample(x * math.inf), ValueError, "x_T holds non-finite values"),
         (lambda sde, s, x: sde.reverse(s).sample(x.long()), TypeError, "floating dtype"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, 5), TypeError, "positional"),
+        (lambda sde, s, x: sde.probability_flow(s).sample(x, "rk4"), TypeError, "positional"),
+        (lambda sde, s, x: sde.reverse(s, probability_flow="no"), TypeError, "probability_flow must be True or False"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, generator=torch.Generator(), bm=object()), ValueError,
+         "generator= or bm=, not both"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, denoise="no"), TypeError, "denoise must be True or False"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, predictor=5), TypeError, r"predictor must be one of .* or an object with evals, step"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, corrector=None), TypeError, "corrector must be one of"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, dtype=torch.float32), ValueError, "with x_T given"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, (4, 2), dtype=torch.int64), TypeError, "dtype must be a floating torch.dtype"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, 5), TypeError, "shape must be a sequence"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, (4, 2.0)), TypeError, "shape must hold integers"),
+        (lambda sde, s, x: sds.adaptive_ode_sample(sde, s, x, method="rk4"), ValueError, "takes an adaptive torchdiffeq method"),
     ],
 )
 def test_bad_sampler_arguments_are_rejected(call, error, match):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from scipy import stats
@@ -69,6 +70,28 @@ def test_log_snr_inverts(sde):
     torch.testing.assert_close(lam, torch.log(alpha**2 / std**2), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(sde.t_from_log_snr(lam), t, rtol=1e-9, atol=1e-9)
     assert bool((lam[1:] < lam[:-1]).all()), "log-SNR must decrease in t"
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_log_snr_inverts_to_relative_precision_down_to_tiny_times(sde, dtype, rtol):
+    """t -> lambda(t) -> t to the dtype's precision relative to t, for t from 1e-8 to T (the sub-VP inverse once
+    lost every digit below t ~ 1e-7 in float32 to cancellation in -log(alpha^2)), and finite and positive at
+    extreme lambda (VP, sub-VP).
+
+    The VE-SDE's lambda is affine in t, lambda = -2 (log sigma_min + t log(sigma_max / sigma_min)), so lambda's own
+    rounding (machine epsilon times |lambda|) bounds its inverse's error in absolute terms, not relative to t.
+    """
+    t = torch.logspace(-8, 0, 33, dtype=dtype)
+    lam = sde.log_snr(t)
+    back = sde.t_from_log_snr(lam)
+    assert back.dtype == dtype
+    if isinstance(sde, sds.VESDE):
+        bound = 4 * torch.finfo(dtype).eps * float(lam.abs().max()) / (2 * math.log(sde.sigma_max / sde.sigma_min))
+        assert float((back - t).abs().max()) < bound
+    else:
+        assert float(((back - t) / t).abs().max()) < rtol
+        extreme = sde.t_from_log_snr(torch.tensor([-30.0, 100.0, 700.0], dtype=torch.float64))
+        assert bool(torch.isfinite(extreme).all()) and bool((extreme[1:] > 0).all()), extreme
 
 
 def test_ve_discretize_is_the_smld_chain():
@@ -160,8 +183,34 @@ def test_times_are_checked(sde):
         sde.drift(x, 0.5)
     with pytest.raises(ValueError, match="non-finite"):
         sde.drift(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0.5]))
-    with pytest.raises(ValueError, match="noise must be a tensor shaped like x0"):
+    with pytest.raises(ValueError, match="noise must be shaped like x0"):
         sde.perturb(x, torch.full((3,), 0.5), torch.zeros(3, 3))
+    t = torch.full((3,), 0.5)
+    with pytest.raises(TypeError, match="noise must have x0's dtype and device"):
+        sde.perturb(x, t, torch.zeros(3, 2, dtype=torch.int64))
+    with pytest.raises(TypeError, match="noise must have x0's dtype and device"):
+        sde.perturb(x, t, torch.zeros(3, 2, dtype=torch.float32 if x.dtype == torch.float64 else torch.float64))
+    with pytest.raises(ValueError, match="noise holds non-finite values"):
+        sde.perturb(x, t, torch.full_like(x, float("nan")))
+    with pytest.raises(TypeError, match="noise must be a torch.Tensor"):
+        sde.perturb(x, t, [[0.0, 0.0]] * 3)
+    for dt in (-0.1, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="dt must be"):
+            sde.discretize(x, t, dt=dt)
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        sde.prior_sampling((3, 2), dtype=torch.int64)
+    assert sde.prior_sampling(np.array([3, 2])).shape == (3, 2)
+
+
+def test_times_that_require_grad_are_checked_without_a_warning(sde):
+    import warnings
+
+    x = torch.zeros(3, 2)
+    t = torch.full((3,), 0.5, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, std = sde.marginal_prob(x, t)
+    assert std.requires_grad
 
 
 def test_linear_drift_is_the_coefficient_of_the_drift(sde):

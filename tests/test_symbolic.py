@@ -5,6 +5,8 @@ forms and the torch code, and the identities for a generic linear SDE; these tes
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import sympy as sp
 import torch
@@ -52,6 +54,39 @@ def test_residuals_detect_wrong_drifts_and_kernels():
     assert not sym.vanishes(sym.fokker_planck_residual(doubled), sch.params)
 
 
+class _WrongStd:
+    """Mixin: the kernel's std multiplied by 1.5 (alpha right)."""
+
+    def kernel(self, time):
+        alpha, std = super().kernel(time)
+        return alpha, 1.5 * std  # marginal_prob goes through kernel
+
+
+@pytest.mark.parametrize("sde", SDES, ids=IDS)
+def test_kernel_error_sees_a_wrong_std_even_where_the_std_vanishes(sde):
+    """std(0) = 0 for VP and sub-VP: the comparison must not turn into 0/0 and drop out. The right kernel is within
+    1e-12 (the closed form evaluated at 30 digits), a std 1.5 x too large is 0.5 off."""
+    wrong = type("Wrong" + type(sde).__name__, (_WrongStd, type(sde)), {})(**_constants(sde))
+    assert sym.kernel_error(sde) < 1e-12
+    assert sym.kernel_error(wrong, sym.schedule(sde).derive(), sym.schedule(sde).params) == pytest.approx(0.5, abs=1e-9)
+
+
+def _constants(sde):
+    if isinstance(sde, VESDE):
+        return {"sigma_min": sde.sigma_min, "sigma_max": sde.sigma_max}
+    return {"beta_min": sde.beta_min, "beta_max": sde.beta_max}
+
+
+def test_kernel_error_of_a_nan_kernel_is_nan():
+    class NaNStd(VPSDE):
+        def kernel(self, time):
+            alpha, std = super().kernel(time)
+            return alpha, std * float("nan")
+
+    sch = sym.schedule(VPSDE())
+    assert math.isnan(sym.kernel_error(NaNStd(), sch.derive(), sch.params))
+
+
 def test_dsm_target_is_the_kernel_score():
     assert sym.dsm_target_residual() == 0
 
@@ -75,6 +110,10 @@ def test_a_users_schedule_gets_its_closed_form_and_an_sde():
     assert sde.drift_is_linear
     torch.testing.assert_close(sde.linear_drift(times), -3.0 * times)
     assert sym.kernel_error(sde, kernel, {b: 3.0}) < 1e-12
+    exact = kernel.lambdify({b: 3.0})
+    wide = kernel.to_sde({b: 3.0})  # the same schedule with its std 1.5 x too large: std(0) = 0 must not hide it
+    wide.kernel = lambda time: (exact(time)[0], 1.5 * exact(time)[1])
+    assert sym.kernel_error(wide, kernel, {b: 3.0}) > 0.4
     # the user's SDE plugs into the closed-form mixtures like the built-in ones
     s = ncsn_toy().score_fn(sde)(x, times)
     assert s.shape == x.shape and bool(torch.isfinite(s).all())

@@ -3,16 +3,21 @@ the EMA and the warm-up in closed form, the data order, and the input checks."""
 
 from __future__ import annotations
 
+import collections
+import enum
 import os
+import pickle
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from sdescore.nets import ScoreMLP
-from sdescore.training import batch_indices, load_checkpoint, save_checkpoint, train, warmup_factor
+from sdescore.training import batch_indices, ema_state_dict, load_checkpoint, save_checkpoint, train, warmup_factor
 from sdescore.training.distributed import shard
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -65,21 +70,86 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
               seed=problem.SEED, checkpoint_path=ckpt, progress=False)
 
 
+def test_resume_trains_at_the_lr_betas_and_weight_decay_of_the_call(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    problem.run(str(ckpt), 3)  # lr 1e-2, warm-up 4, Adam's default betas, no weight decay
+    lrs: list[float] = []
+    kwargs = dict(batch_size=problem.BATCH, seed=problem.SEED, checkpoint_path=ckpt, progress=False)
+    train(problem.make_model(), problem.dsm_loss, problem.make_data(), n_steps=6, lr=1e-3, warmup_steps=8,
+          betas=(0.5, 0.9), weight_decay=0.1, callback=lambda info: lrs.append(info.lr), **kwargs)
+    # steps 3, 4, 5 at the new lr on the new warm-up: 1e-3 * (4/8, 5/8, 6/8)
+    assert lrs == pytest.approx([5e-4, 6.25e-4, 7.5e-4], rel=1e-12)
+    state = load_checkpoint(ckpt)
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["initial_lr"], tuple(group["betas"]), group["weight_decay"]) == (1e-3, (0.5, 0.9), 0.1)
+    assert state["scheduler"]["base_lrs"] == [1e-3]
+    # a further resume with the same arguments continues that run exactly (here: the lr of step 6 is 1e-3 * 7/8)
+    more: list[float] = []
+    train(problem.make_model(), problem.dsm_loss, problem.make_data(), n_steps=7, lr=1e-3, warmup_steps=8,
+          betas=(0.5, 0.9), weight_decay=0.1, callback=lambda info: more.append(info.lr), **kwargs)
+    assert more == pytest.approx([8.75e-4], rel=1e-12)
+
+
+def test_resume_with_unchanged_arguments_mid_warmup_is_bitwise(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    lrs_ref: list[float] = []
+    reference = problem.run(None, 6, callback=lambda info: lrs_ref.append(info.lr))
+    problem.run(str(ckpt), 2)  # stops inside the 4-step warm-up
+    lrs: list[float] = []
+    resumed = problem.run(str(ckpt), 6, callback=lambda info: lrs.append(info.lr))
+    assert lrs == lrs_ref[2:]
+    assert resumed.losses == reference.losses
+    assert _state_equal(resumed.model.state_dict(), reference.model.state_dict())
+
+
 # ------------------------------------------------------------------------------------------ DDP
 def test_ddp_two_gloo_processes_equal_one_process_on_the_combined_batch(tmp_path):
-    out = tmp_path / "ddp.pt"
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(TESTS / "_ddp_worker.py"), str(out)],
-        env=ENV, capture_output=True, text=True, timeout=180,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = torch.load(out, weights_only=True)
+    """Two legs under torchrun: 5 steps with checkpoints (rank 0 alone writes them), then a DDP resume to 8 steps;
+    the result equals one process trained 8 steps on the combined batches."""
+    ckpt = tmp_path / "ckpt.pt"
+
+    def torchrun(out, n_steps):
+        proc = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+             str(TESTS / "_ddp_worker.py"), str(out), str(ckpt), str(n_steps)],
+            env=ENV, capture_output=True, text=True, timeout=180,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return torch.load(out, weights_only=True)
+
+    first = torchrun(tmp_path / "first.pt", 5)
+    assert (tmp_path / "first.pt.rank0.saves").read_text().split() == ["2", "4", "5"]
+    assert not (tmp_path / "first.pt.rank1.saves").exists()  # rank 1 never called save_checkpoint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "first.pt", "first.pt.rank0.saves"]
+    state = load_checkpoint(ckpt)
+    assert (state["step"], state["world_size"]) == (5, 2)
+    assert state["losses"].tolist() == first["losses"]
+
+    ddp = torchrun(tmp_path / "resumed.pt", _ddp_worker.N_STEPS)
     assert ddp["world_size"] == 2
+    assert (tmp_path / "resumed.pt.rank0.saves").read_text().split() == ["6", "8"]
+    assert not (tmp_path / "resumed.pt.rank1.saves").exists()
+    assert ddp["losses"][:5] == first["losses"]  # the history of the first leg, carried by the checkpoint
 
     single = _ddp_worker.run()
     torch.testing.assert_close(torch.tensor(ddp["losses"]), torch.tensor(single.losses), rtol=1e-5, atol=1e-6)
     for name, p in single.model.state_dict().items():
         torch.testing.assert_close(ddp["model"][name], p, rtol=1e-5, atol=1e-6, msg=name)
+    for name, p in single.ema.state_dict().items():
+        torch.testing.assert_close(ddp["ema"][name], p, rtol=1e-5, atol=1e-6, msg=f"ema {name}")
+
+
+def test_ddp_resume_refuses_ranks_that_see_different_checkpoints(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    _ddp_worker.run(2, str(ckpt))  # a checkpoint at step 2 that rank 0 finds and rank 1 does not
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(TESTS / "_ddp_worker.py"), str(tmp_path / "out.pt"), str(ckpt), "4", "unshared"],
+        env=ENV, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode != 0
+    assert "the ranks resume from different steps (0 to 2" in proc.stderr and "shared by all nodes" in proc.stderr
+    assert load_checkpoint(ckpt)["step"] == 2  # nothing trained, nothing overwritten
 
 
 def test_shards_of_a_global_batch_are_disjoint_and_cover_it():
@@ -146,10 +216,73 @@ def test_stray_partial_temporary_file_does_not_disturb_resume(tmp_path):
     assert problem.run(str(ckpt), 4).losses == problem.run(None, 4).losses
 
 
-def test_checkpoint_rejects_objects_weights_only_cannot_load(tmp_path):
-    with pytest.raises(TypeError, match=r"state\['fn'\]"):
-        save_checkpoint({"fn": lambda: 0}, tmp_path / "c.pt")
+class _Colour(enum.IntEnum):
+    RED = 1
+
+
+class _Name(str):
+    pass
+
+
+_Pair = collections.namedtuple("_Pair", "a b")
+
+# Each of these torch.load(weights_only=True) refuses; the subclasses of allowed types once passed an isinstance check.
+_REFUSED = {
+    "lambda": lambda: 0,
+    "numpy float64": np.float64(0.5),
+    "numpy int64": np.int64(3),
+    "IntEnum": _Colour.RED,
+    "str subclass": _Name("x"),
+    "namedtuple": _Pair(1, 2),
+    "defaultdict": collections.defaultdict(int, a=1),
+    "frozenset": frozenset({1}),
+    "range": range(3),
+}
+
+
+@pytest.mark.parametrize("value", list(_REFUSED.values()), ids=list(_REFUSED))
+def test_checkpoint_rejects_objects_weights_only_cannot_load(tmp_path, value):
+    # the object itself can be pickled (except the lambda), but not loaded back with weights_only=True
+    if not callable(value):
+        torch.save({"x": value}, tmp_path / "plain.pt")
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(tmp_path / "plain.pt", weights_only=True)
+        (tmp_path / "plain.pt").unlink()
+    with pytest.raises(TypeError, match=r"state\['run'\]\[0\]\['x'\]"):
+        save_checkpoint({"run": [{"x": value}]}, tmp_path / "c.pt")
     assert not any(tmp_path.iterdir())
+
+
+def test_checkpoint_accepts_and_round_trips_what_weights_only_loads(tmp_path):
+    state = {
+        "w": torch.nn.Parameter(torch.arange(3.0)), "half": torch.ones(2, dtype=torch.bfloat16),
+        "od": collections.OrderedDict(a=1), "size": torch.Size([2, 3]), "dtype": torch.float64,
+        "device": torch.device("cpu"), "prims": [True, 1, 2.5, 1j, "s", b"b", None], "t": (1, (2,)),
+    }
+    loaded = load_checkpoint(save_checkpoint(state, tmp_path / "c.pt"))
+    assert torch.equal(loaded["w"], state["w"]) and loaded["half"].dtype == torch.bfloat16
+    assert {k: v for k, v in loaded.items() if k not in ("w", "half")} == {k: v for k, v in state.items() if k not in ("w", "half")}
+
+
+def test_checkpoint_file_mode_follows_the_umask_like_any_new_file(tmp_path):
+    old = os.umask(0o027)
+    try:
+        save_checkpoint({"step": 1}, tmp_path / "c.pt")
+        (tmp_path / "plain").write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c.pt").stat().st_mode) == 0o640 == stat.S_IMODE((tmp_path / "plain").stat().st_mode)
+
+
+def test_ema_state_dict_loads_the_ema_weights_into_a_fresh_network(tmp_path):
+    ckpt = tmp_path / "c.pt"
+    result = problem.run(str(ckpt), 3)
+    fresh = problem.make_model()
+    fresh.load_state_dict(ema_state_dict(ckpt))  # strict: every key of the bare network, no "n_averaged"
+    assert _state_equal(fresh.state_dict(), result.ema.state_dict())
+    assert not _state_equal(fresh.state_dict(), result.model.state_dict())  # the average, not the last weights
+    with pytest.raises(ValueError, match="'ema'"):
+        ema_state_dict({"model": {}})
 
 
 # ------------------------------------------------------------------------------------------ EMA, warm-up
@@ -228,11 +361,12 @@ def test_compiled_training_matches_eager_losses():
 
 # ------------------------------------------------------------------------------------------ torchrun environment
 def test_setup_without_torchrun_is_a_single_process(monkeypatch):
-    from sdescore.training import setup_distributed
+    from sdescore.training import setup_distributed, teardown_distributed
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     info = setup_distributed()
+    teardown_distributed()
     assert (info.rank, info.world_size, info.is_main) == (0, 1, True)
 
 
@@ -246,12 +380,29 @@ def test_setup_rejects_a_malformed_torchrun_environment(monkeypatch, env, match)
         setup_distributed()
 
 
+def test_setup_on_the_cpu_makes_train_default_to_the_cpu_even_when_cuda_is_available(monkeypatch):
+    from sdescore.training import setup_distributed, teardown_distributed
+    from sdescore.training.trainer import _resolve_device
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    assert _resolve_device(None) == torch.device("cuda", 0)
+    try:
+        assert setup_distributed("cpu").device == torch.device("cpu")
+        assert _resolve_device(None) == torch.device("cpu")  # train(device=None) trains where setup chose
+    finally:
+        teardown_distributed()
+    assert _resolve_device(None) == torch.device("cuda", 0)
+
+
 def test_setup_on_the_cpu_chooses_the_cpu_and_rejects_an_unknown_device(monkeypatch):
-    from sdescore.training import setup_distributed
+    from sdescore.training import setup_distributed, teardown_distributed
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     assert setup_distributed("cpu").device == torch.device("cpu")
+    teardown_distributed()
     with pytest.raises(ValueError, match="device must be None, 'cpu' or 'cuda'"):
         setup_distributed("meta")
     if not torch.cuda.is_available():

@@ -19,15 +19,33 @@ def test_tsit5_is_offered_by_torchdiffeq_and_sdescore():
     assert _tsit5.register() and "tsit5" in ADAPTIVE_METHODS
 
 
+# Tsitouras (2011): the embedded fourth-order weights b_hat, which TSIT5_BTILDE = b_hat - b encodes
+TSITOURAS_B_HAT = (
+    0.09468075576583945, 0.009183565540343254, 0.4877705284247616, 1.234297566930479, -2.7077123499835256,
+    1.866628418170587, 1.0 / 66.0,
+)
+
+
+def test_btilde_is_the_embedded_weights_minus_the_fifth_order_ones():
+    """TSIT5_BTILDE = b_hat - b with Tsitouras' b_hat (b_hat_7 = 1/66, where b_7 = 0), not b - b_hat: both are
+    order-4 weights (any affine combination of b and b_hat is), so only the published values pin the sign."""
+    b, btilde = np.array(_tsit5.TSIT5_B), np.array(_tsit5.TSIT5_BTILDE)
+    b_hat = b + btilde
+    assert np.abs(b_hat - np.array(TSITOURAS_B_HAT)).max() < 1e-15
+    assert b[-1] == 0.0 and b_hat[-1] == 1.0 / 66.0
+    assert np.abs((b - btilde) - np.array(TSITOURAS_B_HAT)).max() > 1e-2  # the other sign is 2 b - b_hat
+
+
 def test_the_tableau_satisfies_the_order_conditions():
-    """b: order 5 (all 17 trees); b_hat = b - btilde: order 4 but not 5 (so the estimate is the h^5 term);
+    """b: order 5 (all 17 trees); b_hat = b + btilde: order 4 but not 5 (so the estimate is the h^5 term);
     the half-step weights mid: order 4 at theta = 1/2; rows sum to the nodes; first same as last."""
     a, c = _tsit5._stage_matrix()
     b, btilde = np.array(_tsit5.TSIT5_B), np.array(_tsit5.TSIT5_BTILDE)
     assert np.abs(a.sum(1) - c).max() < 1e-14
     assert np.allclose(a[-1], b) and c[-1] == 1.0
     assert np.abs(_tsit5.order_conditions(b, 1.0, order=5)).max() < 1e-13
-    b_hat = b - btilde
+    b_hat = b + btilde
+    assert np.abs(b_hat - np.array(TSITOURAS_B_HAT)).max() < 1e-15  # the embedded solution itself, not 2 b - b_hat
     assert np.abs(_tsit5.order_conditions(b_hat, 1.0, order=4)).max() < 1e-13
     assert np.abs(_tsit5.order_conditions(b_hat, 1.0, order=5)).max() > 1e-4
     assert np.abs(_tsit5.order_conditions(_tsit5._MID, 0.5, order=4)).max() < 1e-13
@@ -56,7 +74,8 @@ def test_the_pair_converges_at_orders_five_and_four():
     exact = math.exp(math.sin(2.0))
     steps = np.array([8, 16, 32, 64])
     b, btilde = np.array(_tsit5.TSIT5_B), np.array(_tsit5.TSIT5_BTILDE)
-    for weights, lo, hi in ((b, 4.8, 6.0), (b - btilde, 3.7, 4.4)):
+    assert np.abs((b + btilde) - np.array(TSITOURAS_B_HAT)).max() < 1e-15  # the embedded solution, b_hat
+    for weights, lo, hi in ((b, 4.8, 6.0), (b + btilde, 3.7, 4.4)):
         errors = [abs(float(_rk_fixed(f, [1.0], 2.0, int(n), weights)[0]) - exact) for n in steps]
         slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
         assert lo < slope < hi, (errors, slope)

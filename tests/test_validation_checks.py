@@ -7,13 +7,14 @@ import math
 
 import pytest
 import torch
+from scipy import stats as sps
 
 import sdescore
 from sdescore import VPSDE, SampleResult
 from validation import checks as V
 from validation.__main__ import main
 from validation.mixtures import GaussianMixture, random_anisotropic, ring
-from validation.stats import energy_test, mode_weight_test, sliced_ks_test
+from validation.stats import energy_test, log_density_ks_test, mode_weight_test, sliced_ks_test
 
 f64 = torch.float64
 QUICK = [name for name, c in V.CHECKS.items() if c.quick]
@@ -45,37 +46,105 @@ def test_every_check_is_documented():
 
 
 # ---------------------------------------------------------------------- the statistics: calibrated and powerful
-def test_sliced_ks_rejects_at_its_level_under_the_null_and_detects_a_shift():
-    """Under the null (exact samples) the Bonferroni p-value is conservative: at level 0.1, 30 runs reject at most
-    9 times (binomial tail < 1e-3 even at the nominal rate); a 5% shift of the means is always detected."""
+RUNS = 300  # null runs per calibration test
+CALIBRATION_LEVEL = 0.1
+
+
+def assert_not_anti_conservative(ps):
+    """At most binom.isf(1e-3, RUNS, 0.1) = 47 of RUNS = 300 null p-values below 0.1: a test of size <= 0.1 fails this
+    with probability < 1e-3, while a test of size 0.2 (twice too liberal: mean 60 rejections) passes it with
+    probability 0.033 (binomial tails)."""
+    assert len(ps) == RUNS
+    bound = sps.binom.isf(1e-3, RUNS, CALIBRATION_LEVEL)
+    rejections = sum(p < CALIBRATION_LEVEL for p in ps)
+    assert rejections <= bound, f"{rejections} of {RUNS} null p-values below {CALIBRATION_LEVEL} (at most {bound:g})"
+
+
+def test_calibration_bound_catches_a_test_twice_too_liberal():
+    """The bound above has the power it claims: uniform p-values pass, p-values of a size-0.2 test fail."""
+    gen = torch.Generator().manual_seed(0)
+    assert_not_anti_conservative(torch.rand(RUNS, generator=gen, dtype=f64).tolist())
+    with pytest.raises(AssertionError):
+        assert_not_anti_conservative((0.5 * torch.rand(RUNS, generator=gen, dtype=f64)).tolist())
+
+
+def test_sliced_ks_is_not_anti_conservative_under_the_null_and_detects_a_shift():
+    """Under the null (exact samples) the Bonferroni p-value is conservative; a 5% shift of the means is always detected."""
     m = random_anisotropic(3, 3, seed=1)
     gen = torch.Generator().manual_seed(0)
-    rejections = sum(sliced_ks_test(m.sample(500, gen), m, n_projections=8, generator=gen).p_value < 0.1 for _ in range(30))
-    assert rejections <= 9
+    assert_not_anti_conservative([sliced_ks_test(m.sample(200, gen), m, n_projections=4, generator=gen).p_value
+                                  for _ in range(RUNS)])
     shifted = GaussianMixture(m.weights, 1.05 * m.means, m.covs)
     assert sliced_ks_test(shifted.sample(2000, gen), m, generator=gen).p_value < 1e-6
 
 
 def test_energy_test_is_exact_under_the_null_and_detects_a_shift():
-    """The permutation p-value is exact: 30 null runs reject at level 0.1 at most 9 times; a shift by 0.4 of the
-    ring's radius gets the smallest p-value 199 permutations can give."""
+    """The permutation p-value is exact; a shift by 0.4 of the ring's radius gets the smallest p-value 199
+    permutations can give."""
     m = ring()
     gen = torch.Generator().manual_seed(1)
-    ps = [energy_test(m.sample(150, gen), m.sample(150, gen), n_permutations=99, generator=gen).p_value for _ in range(30)]
-    assert sum(p < 0.1 for p in ps) <= 9
+    assert_not_anti_conservative([energy_test(m.sample(60, gen), m.sample(60, gen), n_permutations=49,
+                                              generator=gen).p_value for _ in range(RUNS)])
     shifted = m.sample(400, gen) + torch.tensor([1.6, 0.0], dtype=f64)
     assert energy_test(m.sample(400, gen), shifted, n_permutations=199, generator=gen).p_value == 1 / 200
+
+
+def test_energy_test_can_reject_at_the_suites_level_and_refuses_levels_it_cannot_reach():
+    """p >= 1 / (P + 1): with P = 1000 a scaled sample is rejected at LEVEL = 1e-3; with the default P = 500 the
+    test could never reject there, so asking for that level is an error (not a silent pass)."""
+    m = ring()
+    gen = torch.Generator().manual_seed(4)
+    x, y = 3 * m.sample(150, gen), m.sample(150, gen)
+    res = energy_test(x, y, n_permutations=1000, level=V.LEVEL, generator=gen)
+    assert res.p_value == 1 / 1001 and not res.passed(V.LEVEL)
+    with pytest.raises(ValueError, match="n_permutations = 500"):
+        energy_test(x, y, level=V.LEVEL)
+    default = energy_test(x, y, generator=gen)
+    assert default.min_p_value == 1 / 501
+    with pytest.raises(ValueError, match="could never reject"):
+        default.passed(V.LEVEL)
+    assert not default.passed(0.01)
+
+
+@pytest.mark.parametrize(
+    "x, y, error, match",
+    [
+        (torch.zeros(5, dtype=f64), torch.zeros(5, 2, dtype=f64), ValueError, "x must have shape"),
+        (torch.zeros(5, 2, dtype=f64), torch.zeros(0, 2, dtype=f64), ValueError, "y must have shape"),
+        (torch.zeros(1, 2, dtype=f64), torch.zeros(5, 2, dtype=f64), ValueError, "n >= 2"),
+        (torch.zeros(5, 2, dtype=f64), torch.zeros(5, 3, dtype=f64), ValueError, "dimension of x"),
+        (torch.full((5, 2), float("nan"), dtype=torch.float64), torch.zeros(5, 2, dtype=f64), ValueError, "x holds non-finite"),
+        ([[0.0, 1.0]] * 5, torch.zeros(5, 2, dtype=f64), TypeError, "x must be a torch.Tensor"),
+        (torch.zeros(5, 2, dtype=torch.long), torch.zeros(5, 2, dtype=f64), TypeError, "floating"),
+    ],
+)
+def test_energy_test_refuses_bad_samples_naming_them(x, y, error, match):
+    with pytest.raises(error, match=match):
+        energy_test(x, y, n_permutations=9)
 
 
 def test_mode_weight_test_recovers_weights_and_detects_wrong_ones():
     m = random_anisotropic(2, 4, seed=3)
     gen = torch.Generator().manual_seed(2)
-    ps = [mode_weight_test(m.sample(1000, gen), m, generator=gen).p_value for _ in range(30)]
-    assert sum(p < 0.1 for p in ps) <= 9
+    assert_not_anti_conservative([mode_weight_test(m.sample(200, gen), m, n_reference=4000, generator=gen).p_value
+                                  for _ in range(RUNS)])
     res = mode_weight_test(m.sample(4000, gen), m, generator=gen)
     assert res.detail["max_abs_error"] < 0.05
     other = GaussianMixture(torch.tensor([0.4, 0.2, 0.2, 0.2]), m.means, m.covs)
     assert mode_weight_test(other.sample(4000, gen), m, generator=gen).p_value < 1e-6
+
+
+def test_log_density_ks_is_calibrated_and_sees_the_spread_within_modes():
+    """Exact two-sample null: not anti-conservative over 300 null runs. Modes 20% too wide (ring std 0.6 instead
+    of 0.5, n = 1000) are rejected at 1e-6 by it, and missed by the sliced KS and mode-weight tests at LEVEL."""
+    m = ring()
+    gen = torch.Generator().manual_seed(6)
+    assert_not_anti_conservative([log_density_ks_test(m.sample(100, gen), m, n_reference=1000, generator=gen).p_value
+                                  for _ in range(RUNS)])
+    wide = ring(std=0.6).sample(1000, gen)
+    assert log_density_ks_test(wide, m, generator=gen).p_value < 1e-6
+    assert sliced_ks_test(wide, m, generator=gen).passed(V.LEVEL)
+    assert mode_weight_test(wide, m, generator=gen).passed(V.LEVEL)
 
 
 def test_fitted_order_recovers_a_power_law():
@@ -102,6 +171,25 @@ def test_check_sampler_passes_an_exact_sampler_and_fails_a_broken_one():
     assert not bad.passed
     raw = V.check_sampler(lambda s, x_T: x_T, sde, target, n=500)  # a plain tensor is accepted
     assert raw.nfe is None and not raw.passed
+
+
+def test_check_sampler_sees_modes_too_wide_that_projections_miss():
+    """Reverse-SDE Euler (VP, 250 steps, n = 2000) with 0.9 x the exact score widens every mode of the ring by about
+    18% in variance. The sliced KS and mode-weight tests pass it (p ~ 1 and 0.75 at this seed); the KS test of
+    log p_eps rejects it (p ~ 1e-7 < LEVEL), so the report fails. With the exact score all three pass."""
+    sde = VPSDE()
+
+    def reverse_euler(scale):
+        def sample(score_fn, x_T):
+            return sde.reverse(lambda x, t: scale * score_fn(x, t)).sample(
+                x_T, steps=250, method="euler", eps=V.EPS, generator=torch.Generator().manual_seed(3))
+        return sample
+
+    good = V.check_sampler(reverse_euler(1.0), sde, ring(), n=2000)
+    assert good.passed
+    bad = V.check_sampler(reverse_euler(0.9), sde, ring(), n=2000)
+    assert bad.ks.passed(V.LEVEL) and bad.weights.passed(V.LEVEL)
+    assert bad.log_density.p_value < 1e-5 and not bad.passed
 
 
 def test_check_sampler_refuses_bad_arguments():

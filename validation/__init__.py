@@ -3,8 +3,8 @@
 - `mixtures`: `GaussianMixture` and its exact laws p_t under an SDE (`DiffusedMixture`: score, denoiser, eps,
   posterior covariance, log-density, batched over time), named targets, the closed-form probability-flow ODE of
   a Gaussian.
-- `stats`: tests with a stated null (sliced Kolmogorov–Smirnov against a mixture, energy distance with a
-  permutation null, mode-weight recovery).
+- `stats`: tests with a stated null (sliced Kolmogorov–Smirnov against a mixture, KS of the log-density against
+  exact draws, energy distance with a permutation null, mode-weight recovery).
 - `symbolic`: the kernel of a linear SDE from its moment ODEs (sympy), and the Fokker–Planck / reverse-SDE /
   probability-flow / DSM identities.
 - `checks`: the registry behind `python -m validation`, and `check_sampler` for a user's own sampler.
@@ -20,7 +20,7 @@ from .mixtures import (
     ring,
     single_gaussian,
 )
-from .stats import TestResult, energy_distance, energy_test, mode_weight_test, sliced_ks_test
+from .stats import TestResult, energy_distance, energy_test, log_density_ks_test, mode_weight_test, sliced_ks_test
 
 __all__ = [
     "GaussianMixture",
@@ -32,6 +32,7 @@ __all__ = [
     "TARGETS",
     "TestResult",
     "sliced_ks_test",
+    "log_density_ks_test",
     "energy_test",
     "energy_distance",
     "mode_weight_test",

@@ -72,8 +72,10 @@ class GaussianMixture:
     Args:
         weights: (K,) positive, summing to 1 (to 1e-6; renormalized exactly).
         means: (K, d).
-        covs: (K, d, d) full symmetric positive definite covariances, (K, d) diagonal ones, or (K,) isotropic
-            variances (Sigma_j = covs[j] I). The diagonal and isotropic forms skip the rotations.
+        covs: (K, d, d) full symmetric positive definite covariances, (K, d) diagonal ones (always: row j is the
+            diagonal of Sigma_j, also when K = d; a symmetric positive definite (d, d) matrix with off-diagonal
+            entries, which may be meant as one shared full covariance, is refused then: pass (K, d, d)), or (K,) isotropic variances (Sigma_j = covs[j] I). The diagonal
+            and isotropic forms skip the rotations.
         dtype: float64 by default: results are compared with closed forms.
     """
 
@@ -103,6 +105,15 @@ class GaussianMixture:
             lam, U = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))
             self.kind = "full"
         elif S.shape == (K, d):
+            if (K == d and K > 1 and torch.equal(S, S.T) and bool((S - torch.diag(torch.diagonal(S))).any())
+                    and float(torch.linalg.eigvalsh(S).min()) > 0):
+                raise ValueError(
+                    f"covs of shape ({K}, {d}) with K = d = {d} is read as {K} diagonal covariances (row j the diagonal "
+                    "of Sigma_j), but this one is also a symmetric positive definite matrix with non-zero off-diagonal "
+                    "entries, so it may be meant as one full covariance: for one covariance shared by all components "
+                    "pass it as shape (K, d, d), e.g. cov[None].expand(K, d, d); for diagonal covariances "
+                    "whose rows happen to form such a matrix, pass torch.diag_embed(covs) (shape (K, d, d))."
+                )
             lam, U = S.clone(), None
             self.kind = "diagonal"
         elif S.shape == (K,):
@@ -248,9 +259,10 @@ class GaussianMixture:
 
     # ------------------------------------------------------------------ under an SDE
     def marginal(self, sde: SDE, t: float) -> "GaussianMixture":
-        """The law p_t at one time t: sum_j w_j N(alpha(t) mu_j, alpha(t)^2 Sigma_j + std(t)^2 I), as a GaussianMixture."""
+        """The law p_t at one time t in [0, T]: sum_j w_j N(alpha(t) mu_j, alpha(t)^2 Sigma_j + std(t)^2 I), as a GaussianMixture."""
         _check_sde(sde)
         t = check_real("t", t, nonnegative=True)
+        _check_times(torch.tensor([t], dtype=torch.float64), sde)
         alpha, std = sde.kernel(torch.tensor([t], dtype=torch.float64))
         a, s = float(alpha), float(std)
         return GaussianMixture._from_eig(
@@ -291,6 +303,8 @@ class GaussianMixture:
         _check_sde(sde)
         s_ = check_real("t_from", t_from, nonnegative=True)
         t_ = check_real("t_to", t_to, nonnegative=True)
+        _check_times(torch.tensor([s_], dtype=torch.float64), sde, name="t_from")
+        _check_times(torch.tensor([t_], dtype=torch.float64), sde, name="t_to")
         z = self._in("x", x)
         alpha, std = sde.kernel(torch.tensor([s_, t_], dtype=torch.float64, device=z.device))
         alpha, std = alpha.to(self.dtype), std.to(self.dtype)
@@ -310,13 +324,27 @@ def _check_sde(sde: Any) -> None:
         raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
 
 
+def _check_times(t: Tensor, sde: SDE | None, rounding: float = 0.0, name: str = "t") -> None:
+    """Times in [0, T] (or noise levels sigma >= 0 when sde is None); the ends of [0, T] may be passed by 4 ulps
+    (relative to T) of the dtype the times came in (`rounding`): the rounding of a time computed near 0 or T."""
+    if t.numel() == 0:
+        return
+    lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+    slack = 0.0 if sde is None else 4 * rounding * sde.T
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -slack:
+        what = "a noise level sigma" if sde is None else "a time"
+        raise ValueError(f"{name} must be {what} >= 0 (finite), got values in [{lo}, {hi}].")
+    if sde is not None and hi > sde.T + slack:
+        raise ValueError(f"{name} must lie in [0, T={sde.T}], the SDE's time range, got values in [{lo}, {hi}].")
+
+
 class DiffusedMixture:
     """The laws p_t of a Gaussian mixture diffused by a linear SDE, every quantity exact and batched over time.
 
     All methods take x of shape (B, *dims) and t of shape (B,) (one time per sample; a float or a 0-d tensor is
-    broadcast) and compute in the mixture's dtype. The object is callable as score_fn(x, t), so it plugs into
+    broadcast; t in [0, T], else a ValueError) and compute in the mixture's dtype. The object is callable as score_fn(x, t), so it plugs into
     every sampler of sdescore. With sde=None (`GaussianMixture.noised()`) the time argument is the noise level
-    sigma of p * N(0, sigma^2 I) (alpha = 1, std = sigma): NCSN's score_fn(x, sigma).
+    sigma >= 0 of p * N(0, sigma^2 I) (alpha = 1, std = sigma): NCSN's score_fn(x, sigma).
     """
 
     def __init__(self, mixture: GaussianMixture, sde: SDE | None):
@@ -334,11 +362,13 @@ class DiffusedMixture:
     def _time(self, t: Any, B: int, device: torch.device) -> Tensor:
         if isinstance(t, bool) or not isinstance(t, (Tensor, float, int)):
             raise TypeError(f"t must be a tensor of shape ({B},) or a number, got {type(t).__name__}.")
+        given = t.dtype if isinstance(t, Tensor) and t.is_floating_point() else torch.float64
         t = torch.as_tensor(t, dtype=torch.float64, device=device)
         if t.ndim == 0 or t.shape == (1,):
-            return t.reshape(1).expand(B)
-        if t.shape != (B,):
+            t = t.reshape(1).expand(B)
+        elif t.shape != (B,):
             raise ValueError(f"t must have shape ({B},), one time per sample, got shape {tuple(t.shape)}.")
+        _check_times(t, self.sde, torch.finfo(given).eps)
         return t
 
     def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:

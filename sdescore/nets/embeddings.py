@@ -118,6 +118,18 @@ class SinusoidalEmbedding(nn.Module):
         return f"dim={self.dim}, input_scale={self.input_scale}, max_period={self.max_period}, log_input={self.log_input}"
 
 
+class _LogInput(nn.Module):
+    """A user's embedding module fed log(t): what log_input=True means for a module given as `embedding=`."""
+
+    def __init__(self, embedding: nn.Module, dim: int):
+        super().__init__()
+        self.embedding = embedding
+        self.dim = dim
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.embedding(_log_positive(check_conditioning(t)))
+
+
 # One registry for the string choice `embedding=` of the networks.
 EMBEDDINGS: dict[str, type[nn.Module]] = {
     "fourier": GaussianFourierProjection,
@@ -126,15 +138,19 @@ EMBEDDINGS: dict[str, type[nn.Module]] = {
 
 
 def make_embedding(embedding: str | nn.Module, dim: int, *, log_input: bool, fourier_scale: float) -> nn.Module:
-    """The embedding a network asked for: a name from EMBEDDINGS, or a module with attribute `dim` used as is."""
+    """The embedding a network asked for: a name from EMBEDDINGS, or a module with attribute `dim`.
+
+    With log_input=True a module receives log(t) (it is wrapped; its state-dict keys gain the prefix
+    "embedding."), as the built-in embeddings embed log(t); with log_input=False it receives t.
+    """
     if isinstance(embedding, nn.Module):
         out = getattr(embedding, "dim", None)
-        if not isinstance(out, int):
+        if not isinstance(out, int) or isinstance(out, bool):
             raise TypeError(
                 f"embedding must be one of {sorted(EMBEDDINGS)} or an nn.Module with an int attribute `dim` "
                 f"(its number of output features), got {type(embedding).__name__} without one."
             )
-        return embedding
+        return _LogInput(embedding, out) if log_input else embedding
     if not isinstance(embedding, str) or embedding not in EMBEDDINGS:
         raise ValueError(f"embedding must be one of {sorted(EMBEDDINGS)} or an nn.Module, got {embedding!r}.")
     if embedding == "fourier":

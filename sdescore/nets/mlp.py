@@ -37,9 +37,10 @@ class ScoreMLP(nn.Module):
         depth: number of residual hidden layers (>= 1).
         embedding_dim: features of the time embedding.
         embedding: "fourier" (GaussianFourierProjection), "sinusoidal" (SinusoidalEmbedding) or a module
-            with attribute `dim`.
+            with attribute `dim` (its number of output features); a module receives t, or log(t) with
+            log_input=True.
         fourier_scale: scale of the Fourier features (for embedding="fourier").
-        log_input: condition on log(t) (for a noise level sigma > 0).
+        log_input: condition on log(t) (for a noise level sigma > 0); applies to a custom embedding module too.
         dropout: dropout probability inside the residual layers.
     Shapes: forward(x (B, D), t (B,)) -> (B, D).
     """

@@ -119,6 +119,11 @@ class _UNet(nn.Module):
         if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
             raise TypeError(f"channel_mults must be a non-empty sequence of positive ints, e.g. (1, 2, 2), got {channel_mults!r}.")
         mults = [check_int(f"channel_mults[{i}]", m, minimum=1) for i, m in enumerate(channel_mults)]
+        if base % groups:  # the width of conv_in's output and of the first skip, both GroupNorm'ed
+            raise ValueError(
+                f"base_channels = {base} is not divisible by num_groups={groups} (GroupNorm); choose base_channels "
+                "as a multiple of num_groups."
+            )
         for i, m in enumerate(mults):
             if (base * m) % groups:
                 raise ValueError(
@@ -233,7 +238,8 @@ class NCSNUNet(_UNet):
         mid_attention: self-attention between the two residual blocks at the lowest resolution.
         dropout: dropout probability in the residual blocks.
         num_groups: GroupNorm groups; every level's channel count must be divisible by it.
-        embedding: "fourier" or "sinusoidal", or a module with attribute `dim`; it receives log(sigma).
+        embedding: "fourier" or "sinusoidal", or a module with attribute `dim` (its number of output
+            features); either receives log(sigma), checked > 0.
         embedding_dim: features of the noise embedding.
         fourier_scale: scale of the Fourier features.
         scale_by_sigma: divide the output by sigma (NCSNv2).

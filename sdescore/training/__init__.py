@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import ema_state_dict, load_checkpoint, save_checkpoint
 from .distributed import DistributedInfo, current_distributed, setup_distributed, teardown_distributed
 from .trainer import StepInfo, TrainResult, batch_indices, train, warmup_factor
 
@@ -14,6 +14,7 @@ __all__ = [
     "batch_indices",
     "save_checkpoint",
     "load_checkpoint",
+    "ema_state_dict",
     "DistributedInfo",
     "setup_distributed",
     "teardown_distributed",

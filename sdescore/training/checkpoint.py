@@ -14,34 +14,58 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "ema_state_dict"]
 
-_PRIMITIVES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
+# Exact types: the weights-only unpickler refuses subclasses (numpy.float64, IntEnum, str subclasses,
+# namedtuple, defaultdict), so an isinstance test would let through states that save but never load.
+_PRIMITIVES = frozenset({bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device, torch.Size})
+_TENSORS = frozenset({torch.Tensor, torch.nn.Parameter})
+_MAPPINGS = frozenset({dict, OrderedDict})
+_SEQUENCES = frozenset({list, tuple})
 
 
 def _check_tree(obj: Any, where: str) -> None:
     """Raise TypeError at the first leaf torch.load(weights_only=True) would refuse."""
-    if isinstance(obj, torch.Tensor) or isinstance(obj, _PRIMITIVES):
+    kind = type(obj)
+    if kind in _TENSORS or kind in _PRIMITIVES:
         return
-    if isinstance(obj, (dict, OrderedDict)):
+    if kind in _MAPPINGS:
         for key, value in obj.items():
             _check_tree(key, f"{where} key {key!r}")
             _check_tree(value, f"{where}[{key!r}]")
         return
-    if isinstance(obj, (list, tuple)):
+    if kind in _SEQUENCES:
         for i, value in enumerate(obj):
             _check_tree(value, f"{where}[{i}]")
         return
+    hint = ""
+    for base, fix in ((np.generic, "x.item()"), (float, "float(x)"), (int, "int(x)"), (complex, "complex(x)"),
+                      (str, "str(x)"), (tuple, "tuple(x)"), (dict, "dict(x)"), (list, "list(x)")):
+        if isinstance(obj, base):
+            hint = f" Convert it with {fix}."
+            break
     raise TypeError(
-        f"checkpoint entry {where} is a {type(obj).__name__}; only tensors, numbers, strings, None and "
-        "dicts/lists/tuples of them load with weights_only=True."
+        f"checkpoint entry {where} is a {kind.__module__}.{kind.__qualname__}; only tensors, numbers, strings, None "
+        "and dicts/lists/tuples of them (exactly these types, not subclasses such as numpy.float64, IntEnum, "
+        f"namedtuple or defaultdict) load with weights_only=True.{hint}"
     )
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     """Write `state` to `path` atomically: temporary file in the same directory, fsync, os.replace, fsync the directory.
+
+    The file gets the permissions of a file created by open() (0666 less the umask), and `state` is checked
+    first: an entry that torch.load(weights_only=True) would refuse raises TypeError naming it, and nothing
+    is written.
 
     Args:
         state: dict of tensors, numbers, strings and nested dicts/lists/tuples of them.
@@ -55,7 +79,9 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask, 0644 typically).
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
@@ -89,3 +115,28 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict.")
     return state
+
+
+def ema_state_dict(checkpoint: dict | str | os.PathLike, map_location: str | torch.device | None = None) -> dict:
+    """The EMA weights of a `train` checkpoint as the bare network's state dict: net.load_state_dict(ema_state_dict(p)).
+
+    `train` stores the EMA as the state dict of a torch.optim.swa_utils.AveragedModel: the network's keys
+    prefixed with "module." and a counter "n_averaged". This strips both, so a freshly constructed network
+    of the same architecture loads the averaged weights (the ones TrainResult.ema holds).
+
+    Args:
+        checkpoint: a checkpoint path written by `train`, or the dict `load_checkpoint` returned for it.
+        map_location: device to load the tensors onto when `checkpoint` is a path.
+    """
+    if isinstance(checkpoint, (str, os.PathLike)):
+        checkpoint = load_checkpoint(checkpoint, map_location=map_location)
+    if not isinstance(checkpoint, dict):
+        raise TypeError(f"checkpoint must be a path or a checkpoint dict, got {type(checkpoint).__name__}.")
+    ema = checkpoint.get("ema")
+    if not isinstance(ema, dict) or "n_averaged" not in ema:
+        raise ValueError(
+            "checkpoint has no 'ema' entry of an AveragedModel (keys 'n_averaged', 'module.*'); "
+            f"it has the keys {sorted(checkpoint)}. Was it written by sdescore.training.train?"
+        )
+    prefix = "module."
+    return OrderedDict((k[len(prefix):], v) for k, v in ema.items() if k.startswith(prefix))

@@ -43,6 +43,12 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name} must be an integer (torchrun sets it), got {value!r}.") from None
 
 
+# The device that setup_distributed chose (None before it runs and after teardown_distributed): the default
+# device of current_distributed, so that setup_distributed("cpu") then train(device=None) trains on the CPU in
+# one process as it does under torchrun with gloo.
+_chosen_device: torch.device | None = None
+
+
 def _default_device(local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
 
@@ -84,14 +90,17 @@ def setup_distributed(device: str | torch.device | None = None) -> DistributedIn
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    global _chosen_device
+    _chosen_device = device
     return dataclasses.replace(current_distributed(), device=device)
 
 
 def current_distributed() -> DistributedInfo:
     """This process's rank, world size, local rank and default device (rank 0 of 1 without a process group).
 
-    In a gloo process group the device is the CPU (the group cannot reduce CUDA tensors), else the GPU
-    LOCAL_RANK when CUDA is available.
+    The device is the one `setup_distributed` chose, if it ran (and `teardown_distributed` did not since);
+    otherwise the CPU in a gloo process group (the group cannot reduce CUDA tensors), else the GPU LOCAL_RANK
+    when CUDA is available. `train(device=None)` trains there.
     """
     if dist.is_available() and dist.is_initialized():
         rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -99,12 +108,17 @@ def current_distributed() -> DistributedInfo:
     else:
         rank, world_size, on_cpu = 0, 1, False
     local_rank = _env_int("LOCAL_RANK", 0) if world_size > 1 else 0
-    device = torch.device("cpu") if on_cpu else _default_device(local_rank)
+    if _chosen_device is not None:
+        device = _chosen_device
+    else:
+        device = torch.device("cpu") if on_cpu else _default_device(local_rank)
     return DistributedInfo(rank, world_size, local_rank, device)
 
 
 def teardown_distributed() -> None:
-    """Leave the process group, if one was joined."""
+    """Leave the process group, if one was joined, and forget the device `setup_distributed` chose."""
+    global _chosen_device
+    _chosen_device = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 

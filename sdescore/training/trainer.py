@@ -179,7 +179,8 @@ def train(
     train with lr 2e-4, warm-up 5000, clipping 1 and decay 0.9999 (0.999 for NCSN-style VE models).
 
     Under torchrun the model is wrapped in DistributedDataParallel, each rank processes batch_size /
-    world_size examples of every global batch, rank 0 writes checkpoints and shows the progress bar.
+    world_size examples of every global batch, rank 0 writes checkpoints and shows the progress bar; every
+    rank must find the same checkpoint to resume from (shared storage), else a ValueError stops the run.
     See the module docstring for the data order and the random streams.
 
     Args:
@@ -197,12 +198,17 @@ def train(
         betas: Adam's (beta1, beta2).
         weight_decay: Adam's L2 penalty.
         seed: the seed of every random stream of the run (non-negative int).
-        device: where to train; default the GPU LOCAL_RANK if CUDA is available, else the CPU.
+        device: where to train; default the device `setup_distributed` chose if it ran, else the GPU
+            LOCAL_RANK if CUDA is available, else the CPU (the CPU in a gloo process group).
         bf16: run forward and loss under bfloat16 autocast on CUDA (ignored on the CPU).
         compile_model: train through torch.compile(model).
         checkpoint_path: file to write checkpoints to (atomically), or None for no checkpoints.
         checkpoint_every: steps between checkpoints; one is also written after the last step.
-        resume: continue from checkpoint_path when that file exists.
+        resume: continue from checkpoint_path when that file exists. The run continues with the model, the
+            EMA, Adam's moments, the step and the loss history of the checkpoint, and with the lr, warmup_steps,
+            betas, weight_decay, grad_clip and ema_decay of this call (they may differ from the checkpoint's:
+            rerun with a lower lr after a divergence). A checkpoint of another seed, batch_size or dataset
+            size is refused with a ValueError.
         progress: show a tqdm bar with the loss and the throughput (rank 0 only).
         log_every: steps between updates of the progress bar and of the loss history's host copy.
         callback: called as callback(StepInfo) after every step, on every rank (forces a host sync per step).
@@ -266,6 +272,23 @@ def train(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, losses = int(state["step"]), state["losses"].tolist()
+        # load_state_dict restored the checkpoint's lr, betas and weight_decay: the call's values win, so that
+        # rerunning with a lower lr after a divergence trains at that lr. Adam's moments and the step stay.
+        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group.update(initial_lr=lr, lr=lr * warmup_factor(start, warmup_steps), betas=betas, weight_decay=weight_decay)
+
+    if world > 1:
+        # Each rank looked for the checkpoint itself: on storage that is not shared they disagree, and the loops
+        # would issue different numbers of collectives (a hang). Agree on the start step, or stop here.
+        seen = torch.tensor([start, -start], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
+        if int(seen[0]) != -int(seen[1]):
+            raise ValueError(
+                f"the ranks resume from different steps ({-int(seen[1])} to {int(seen[0])}; this is rank {rank} at "
+                f"step {start}): checkpoint_path={str(checkpoint_path)!r} must name the same file on every rank, "
+                "on a filesystem shared by all nodes."
+            )
 
     train_model: nn.Module = model
     if world > 1:
