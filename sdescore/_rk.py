@@ -31,12 +31,14 @@ Four deliberate differences, tested in tests/test_rk.py: the function receives t
 dtype (float32 times carry 1e-7 relative errors, which its own source flags as possibly buggy); the tolerance
 weights are formed in the state's dtype where torchdiffeq promotes them to float64 (in the initial-step
 heuristic too); the dense-output polynomial is fitted only when something reads it (`_advance` does so once
-per output time, and not at all when the last step lands on it); and NaN or inf in a stage or in y1 is caught
+per output time, and not at all when the last step lands on it); and a NaN in a stage or in y1 is caught
 through the error ratio, a host float the step computes anyway (NaN propagates through the RMS norm, and
 through the tuple norm, which takes its maximum over the parts with torch where torchdiffeq's Python `max`
 drops a NaN that is not first), raising torchdiffeq's AssertionError in that step (in the set-up, for a
-non-finite y0 or f(t0)), where torchdiffeq checks the whole state y0 at the start of every step. With a norm of
-the caller's, y0 is checked as torchdiffeq does.
+non-finite y0 or f(t0)), where torchdiffeq checks the whole state y0 at the start of every step. An inf makes
+the ratio infinite or NaN: the step is rejected (and the state never takes it) until it raises, or until the
+step size underflows, which raises torchdiffeq's AssertionError too. With a norm of the caller's, y0 is checked
+as torchdiffeq does.
 
 A function may also offer two entries that the step uses where the solver's time is float64 (sdescore's
 probability-flow function for a linear drift does, `sdescore.flow._LinearFlow`): `prepare(times)`, called with

@@ -142,12 +142,14 @@ class _NCSNFromScore(_Converter):
         self._check(x, sigma, "sigma")
         lo, hi = (float(v) for v in torch.aminmax(sigma.detach()))
         low, high = self.sigma_range
-        rtol = 4 * torch.finfo(sigma.dtype).eps  # a level rounded to sigma's dtype still lies in the range
+        # a level rounded to sigma's dtype still lies in the range, and so does one at an end that the float64
+        # kernel rounded (exp of a log amplifies eps64 by about |log sigma|)
+        rtol = 4 * torch.finfo(sigma.dtype).eps + 8 * torch.finfo(torch.float64).eps * (1 + abs(math.log(high)))
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo <= 0 or lo < low * (1 - rtol) or hi > high * (1 + rtol):
             raise ValueError(
                 f"sigma must lie in the SDE's range of noise levels [std(0) / alpha(0), std(T) / alpha(T)] = "
-                f"[{low:.6g}, {high:.6g}] (and be > 0) for its time to lie in [0, {self.sde.T}], got values in "
-                f"[{lo:.6g}, {hi:.6g}]; build the SDE to cover the levels, e.g. VESDE.from_ncsn(sigmas)."
+                f"[{low!r}, {high!r}] (and be > 0) for its time to lie in [0, {self.sde.T}], got values in "
+                f"[{lo!r}, {hi!r}]; build the SDE to cover the levels, e.g. VESDE.from_ncsn(sigmas)."
             )
         t = self.sde.t_from_log_snr(-2.0 * torch.log(sigma.to(torch.float64))).clamp(0.0, self.sde.T)
         alpha, _ = self.sde.kernel(t)

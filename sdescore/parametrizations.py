@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from .sde import SDE, batch_view
@@ -75,8 +76,18 @@ class _Converter:
                 f"{self.name} returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; its output has the shape of x."
             )
         if out.dtype != x.dtype:
+            if out.is_floating_point() and _autocast_on(x.device.type):
+                return out.to(x.dtype)  # a network under autocast (train(bf16=True)) returns its lower precision
             raise TypeError(f"{self.name} returned dtype {out.dtype} for x of dtype {x.dtype}; return x's dtype.")
         return out
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is enabled for the device type (torch >= 2.4 takes it as an argument)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
 
 
 class _ScoreFromEps(_Converter):

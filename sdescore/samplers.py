@@ -223,7 +223,10 @@ def pc_sample(
         if shape is not None and tuple(shape) != tuple(x.shape):
             raise ValueError(f"shape {tuple(shape)} disagrees with x_T of shape {tuple(x.shape)}; pass one of them.")
         if dtype is not None or device is not None:
-            raise ValueError("dtype and device apply to the prior draw; with x_T given, its own dtype and device are used.")
+            raise ValueError(
+                f"dtype and device apply to the prior draw; with x_T given, its own ({x.dtype}, {x.device}) are used, "
+                f"got dtype={dtype}, device={device}: leave them out."
+            )
         generator = check_generator(generator, x.device)
     score = CheckedScore(score_fn)
     B = x.shape[0]

@@ -99,3 +99,17 @@ def test_converters_check_the_type_and_shape_of_t(convert):
     with pytest.raises(TypeError, match=r"x must be a floating tensor of shape \(B, \*dims\)"):
         f(torch.zeros(3), torch.full((3,), 0.5))
     assert f(x, torch.full((3,), 0.5)).shape == x.shape
+
+
+def test_converters_take_a_network_running_under_autocast():
+    """train(bf16=True) runs the loss under autocast, where the library's networks return bfloat16: the converters
+    return x's dtype (CPU autocast here, the same rule as CUDA's), and refuse a wrong dtype outside autocast."""
+    sde = sds.VPSDE()
+    net = sds.ScoreMLP(2)
+    x, t = torch.randn(8, 2), torch.rand(8) * 0.9 + 0.05
+    for convert in (sds.score_from_eps, sds.score_from_denoiser, sds.eps_from_score, sds.denoiser_from_score):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = convert(sde, net)(x, t)
+        assert out.dtype == x.dtype
+        with pytest.raises(TypeError, match="returned dtype torch.bfloat16"):
+            convert(sde, lambda x, t: net(x, t).bfloat16())(x, t)

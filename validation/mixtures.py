@@ -72,10 +72,11 @@ class GaussianMixture:
     Args:
         weights: (K,) positive, summing to 1 (to 1e-6; renormalized exactly).
         means: (K, d).
-        covs: (K, d, d) full symmetric positive definite covariances, (K, d) diagonal ones (always: row j is the
-            diagonal of Sigma_j, also when K = d; a symmetric positive definite (d, d) matrix with off-diagonal
-            entries, which may be meant as one shared full covariance, is refused then: pass (K, d, d)), or (K,) isotropic variances (Sigma_j = covs[j] I). The diagonal
-            and isotropic forms skip the rotations.
+        covs: (K, d, d) full symmetric positive definite covariances, (K, d) diagonal ones (row j is the diagonal of
+            Sigma_j), or (K,) isotropic variances (Sigma_j = covs[j] I). The diagonal and isotropic forms skip the
+            rotations. When K = d, a (K, d) array that is symmetric positive definite with off-diagonal entries
+            could be one shared full covariance as well as K diagonals: it is refused as ambiguous; pass
+            `cov.expand(K, d, d)` for the shared covariance, or `torch.diag_embed(covs)` for the diagonals.
         dtype: float64 by default: results are compared with closed forms.
     """
 
