@@ -43,8 +43,56 @@ def all_finite(x: Tensor) -> bool:
     """
     if x.numel() == 0:
         return True
+    return all(math.isfinite(v) for v in value_range(x))
+
+
+def value_range(x: Tensor) -> tuple:
+    """(min, max) of the non-empty tensor x as Python numbers (ints for an integer tensor), in one host read."""
     lo, hi = torch.aminmax(x.detach())
-    return all(math.isfinite(v) for v in torch.stack((lo, hi)).tolist())
+    return tuple(torch.stack((lo, hi)).tolist())
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is enabled for the device type (torch >= 2.4 takes it as an argument)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def check_output(
+    name: str, out: Any, x: Tensor, *, shape_rule: str = "its output has the shape of x", dtype: bool = True,
+    cast_under_autocast: bool = False,
+) -> Tensor:
+    """The output of a user's function `name` evaluated at x: a tensor shaped like x and (with dtype) of x's dtype.
+
+    With cast_under_autocast a floating output of another dtype is cast to x's where autocast is on (a network
+    under train(bf16=True) returns its lower precision).
+    """
+    if not isinstance(out, Tensor):
+        raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}.")
+    if out.shape != x.shape:
+        raise ValueError(f"{name} returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; {shape_rule}.")
+    if dtype and out.dtype != x.dtype:
+        if cast_under_autocast and out.is_floating_point() and _autocast_on(x.device.type):
+            return out.to(x.dtype)
+        raise TypeError(f"{name} returned dtype {out.dtype} for x of dtype {x.dtype}; return x's dtype.")
+    return out
+
+
+def check_like(name: str, value: Any, like: Tensor, like_name: str) -> Tensor:
+    """A finite tensor with the shape, dtype and device of `like` (an argument given alongside it, e.g. noise for x0)."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor shaped like {like_name} {tuple(like.shape)}, got {type(value).__name__}.")
+    if value.shape != like.shape:
+        raise ValueError(f"{name} must be a tensor shaped like {like_name} {tuple(like.shape)}, got {tuple(value.shape)}.")
+    if value.dtype != like.dtype or value.device != like.device:
+        raise TypeError(
+            f"{name} must have {like_name}'s dtype and device ({like.dtype}, {like.device}), got ({value.dtype}, {value.device})."
+        )
+    if not all_finite(value):
+        raise ValueError(f"{name} holds non-finite values (NaN or inf).")
+    return value
 
 
 def check_data(name: str, x: Any, *, min_ndim: int = 2) -> Tensor:
@@ -74,7 +122,7 @@ def check_time(name: str, t: Any, batch: int | None, T: float, *, low: float = 0
         raise TypeError(f"{name} must have a floating dtype, got {t.dtype}.")
     if t.ndim != 1 or t.shape[0] == 0 or (batch is not None and t.shape[0] != batch):
         raise ValueError(f"{name} must have shape {want}, one time per sample, got shape {tuple(t.shape)}.")
-    lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+    lo, hi = (float(v) for v in value_range(t))
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < low or hi > T:
         raise ValueError(f"{name} must lie in [{low}, {T}], got values in [{lo}, {hi}].")
     return t
@@ -102,11 +150,14 @@ def check_choice(name: str, value: Any, registry: dict, methods: tuple[str, ...]
     return value
 
 
-def check_float_dtype(name: str, dtype: Any) -> torch.dtype | None:
-    """None or a floating torch.dtype."""
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"{name} must be a floating torch.dtype (torch.float32, torch.float64, ...) or None, got {dtype!r}.")
-    return dtype
+def check_float_dtype(name: str, dtype: Any, *, optional: bool = True) -> torch.dtype | None:
+    """A floating torch.dtype, or None when `optional`."""
+    if (dtype is None and optional) or (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        return dtype
+    raise TypeError(
+        f"{name} must be a floating torch.dtype (torch.float32, torch.float64, ...)"
+        f"{' or None' if optional else ''}, got {dtype!r}."
+    )
 
 
 def check_generator(generator: Any, device: torch.device) -> torch.Generator | None:

@@ -20,7 +20,7 @@ set-up (`_before_integrate`) is torchdiffeq's too, done on the host: f(t0), the 
 (II.4) with torchdiffeq's formula on Python floats, and `step_t` / `jump_t` sorted and checked as lists
 (torchdiffeq does these on 0-d tensors and with `torch.sort` / `torch.unique`, about 0.6 ms of a solve's fixed
 cost). Everything else is torchdiffeq's: the
-norm (for tuple states the largest of the parts'), the callbacks, the output loop and event handling, and the
+norm (for tuple states its own), the callbacks, the output loop and event handling, and the
 accept rule and step-size update of `_adaptive_step`, which this mirrors:
 
     accept iff ||err / (atol + rtol max(|y0|, |y1|))|| <= 1,
@@ -31,13 +31,13 @@ Four deliberate differences, tested in tests/test_rk.py: the function receives t
 dtype (float32 times carry 1e-7 relative errors, which its own source flags as possibly buggy); the tolerance
 weights are formed in the state's dtype where torchdiffeq promotes them to float64 (in the initial-step
 heuristic too); the dense-output polynomial is fitted only when something reads it (`_advance` does so once
-per output time, and not at all when the last step lands on it); and a NaN in a stage or in y1 is caught
-through the error ratio, a host float the step computes anyway (NaN propagates through the RMS norm, and
-through the tuple norm, which takes its maximum over the parts with torch where torchdiffeq's Python `max`
-drops a NaN that is not first), raising torchdiffeq's AssertionError in that step (in the set-up, for a
+per output time, and not at all when the last step lands on it); and with the default norm of a single tensor
+a NaN in a stage or in y1 is caught through the error ratio, a host float the step computes anyway (NaN
+propagates through the RMS norm), raising torchdiffeq's AssertionError in that step (in the set-up, for a
 non-finite y0 or f(t0)), where torchdiffeq checks the whole state y0 at the start of every step. An inf makes
 the ratio infinite or NaN: the step is rejected (and the state never takes it) until it raises, or until the
-step size underflows, which raises torchdiffeq's AssertionError too. With a norm of the caller's, y0 is checked
+step size underflows, which raises torchdiffeq's AssertionError too. With any other norm (a tuple state's,
+whose Python `max` over the parts drops a NaN that is not first, or the caller's) y0 is checked at every step
 as torchdiffeq does.
 
 A function may also offer two entries that the step uses where the solver's time is float64 (sdescore's
@@ -64,7 +64,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-__all__ = ["fast_step"]
+__all__ = ["fast_step", "NONFINITE"]
+
+# the start of torchdiffeq's message for a non-finite state, which sdescore's step raises too (flow.py tells it apart
+# from the step-size underflow by it)
+NONFINITE = "non-finite values in state `y`"
 
 
 
@@ -110,31 +114,6 @@ def _rms(x: Tensor) -> Tensor:
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
-def _mixed_rms(sizes: list[int]) -> Callable[[Tensor], Tensor]:
-    """torchdiffeq's default norm of a tuple state, the largest RMS norm of its parts (of `sizes` entries in the
-    flat state), with NaN propagated: its Python max over the parts drops a NaN that is not first (nan > a is
-    False), which torchdiffeq's step catches only by checking the whole state y0 at every step."""
-
-    def norm(x: Tensor) -> Tensor:
-        return torch.stack([_rms(part) for part in torch.split(x, sizes)]).amax()
-
-    return norm
-
-
-def _default_tuple_norm(norm: Any, mixed_norm: Callable) -> list[int] | None:
-    """The part sizes of a tuple state if `norm` is torchdiffeq's wrapper of its default `_mixed_norm`, else None."""
-    code, cells = getattr(norm, "__code__", None), getattr(norm, "__closure__", None)
-    if code is None or not cells:
-        return None
-    free = dict(zip(code.co_freevars, cells))
-    try:
-        if free["norm"].cell_contents is not mixed_norm:
-            return None
-        return [math.prod(shape) for shape in free["shapes"].cell_contents]
-    except (KeyError, ValueError, TypeError):
-        return None
-
-
 class _LazyInterp(Sequence):
     """The coefficients [e, d, c, b, a] of torchdiffeq's quartic dense output, fitted on first access."""
 
@@ -160,7 +139,7 @@ def fast_step(base: type) -> type:
     misc = importlib.import_module("torchdiffeq._impl.misc")
     interp = importlib.import_module("torchdiffeq._impl.interp")
     interp_fit, interp_evaluate = interp._interp_fit, interp._interp_evaluate
-    rms_norm, mixed_norm = misc._rms_norm, misc._mixed_norm
+    rms_norm = misc._rms_norm
     select_initial_step = misc._select_initial_step
     State, Perturb, PerturbFunc, ReverseFunc = rk_common._RungeKuttaState, misc.Perturb, misc._PerturbFunc, misc._ReverseFunc
 
@@ -189,12 +168,12 @@ def fast_step(base: type) -> type:
         self._ctl = {k: float(getattr(self, k)) for k in ("min_step", "max_step", "safety", "ifactor", "dfactor")}
         self._tol = [v.to(self.y0.dtype) if v.numel() > 1 else float(v) for v in (self.rtol, self.atol)]
         self._abs: tuple[Tensor | None, Tensor | None] = (None, None)  # |y1| of the last step, |y0| of the next
-        # torchdiffeq's default norm abs().pow(2).mean().sqrt() as one reduction, and for a tuple state the largest
-        # of its parts' with NaN propagated; a NaN anywhere in the step then shows in the error ratio, checked on the
-        # host. A norm of the caller's is kept, and y0 is checked at every step as torchdiffeq does (it may drop NaN).
-        sizes = None if self.norm is rms_norm else _default_tuple_norm(self.norm, mixed_norm)
-        self._norm = _rms if self.norm is rms_norm else self.norm if sizes is None else _mixed_rms(sizes)
-        self._check_y0 = self._norm is self.norm
+        # torchdiffeq's default norm abs().pow(2).mean().sqrt() as one reduction: a NaN anywhere in the step then
+        # shows in the error ratio, checked on the host. Any other norm (a tuple state's, whose Python max over the
+        # parts drops a NaN that is not first, or the caller's) is kept, and y0 is checked at every step as
+        # torchdiffeq does.
+        self._norm = _rms if self.norm is rms_norm else self.norm
+        self._check_y0 = self._norm is not _rms
         # A function with `prepare(times)` and `scaled(t, y) -> (k, m)` (sdescore's flow function for a linear
         # drift) takes float times, is told each step's stage times ahead, and returns its value as m * k; float64
         # solver time only, where the float is the time itself. The stages are then held as (k, m) pairs and m is
@@ -204,9 +183,10 @@ def fast_step(base: type) -> type:
         self._prepare, self._scaled = (prepare, scaled) if protocol else (None, None)
         self._f_scale: tuple[Tensor | None, float] = (None, 1.0)
         if self._raw is None or self.y0.is_complex():
+            # complex states, and a function odeint did not wrap (a solver built by hand): torchdiffeq's own step
             base._before_integrate(self, t)
             state = self.rk_state
-            self._fast = not (self.y0.is_complex() or _recorded(t, self.y0, state.f1, state.dt))
+            self._fast = not (self._raw is None or self.y0.is_complex() or _recorded(t, self.y0, state.f1, state.dt))
             self._step_list, self._jump_list = self.step_t.tolist(), self.jump_t.tolist()
         else:
             _set_up(self, t)
@@ -245,7 +225,7 @@ def fast_step(base: type) -> type:
         d0, d1 = float(self._norm(y0 / scale)), float(self._norm(f0 / scale))
         if not (math.isfinite(d0) and math.isfinite(d1)):
             # torchdiffeq would probe f at t0 + NaN and fail later; the step cannot start from a non-finite y0 or f0
-            raise AssertionError("non-finite values in state `y` or in its derivative")
+            raise AssertionError(f"{NONFINITE} or in its derivative")
         h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
         f1 = self._eval(t0f + h0, torch.add(y0, f0, alpha=self._sign * h0), Perturb.NONE)
         d2 = float(self._norm((f1 - f0).div_(scale))) / h0
@@ -257,8 +237,6 @@ def fast_step(base: type) -> type:
 
     def _eval(self: Any, t: float, y: Tensor, perturb: Any) -> Tensor:
         """The stage derivative at time t (a float in the solver's time), in the step's convention."""
-        if self._raw is None:
-            return self.func(torch.scalar_tensor(t, dtype=self.dtype, device=y.device), y, perturb=perturb)
         if perturb is not Perturb.NONE:
             t = _next_float(t, self.dtype, up=perturb is Perturb.NEXT)
         if self._prepare is not None:
@@ -294,7 +272,7 @@ def fast_step(base: type) -> type:
         if not t0f + h > t0f:
             raise AssertionError(f"underflow in dt {h}")  # torchdiffeq's failure, which callers catch
         if self._check_y0 and not bool(torch.isfinite(y0).all()):
-            raise AssertionError("non-finite values in state `y`")  # as torchdiffeq's, for a caller's norm
+            raise AssertionError(NONFINITE)  # as torchdiffeq's, for any norm but the default one
 
         t1 = None
         on_step_t = on_jump_t = False
@@ -340,7 +318,7 @@ def fast_step(base: type) -> type:
         err = _axpy_chain(None, ks, b_err, hs, ms).div_(torch.maximum(abs0, abs1).mul_(rtol).add_(atol))
         ratio = float(self._norm(err))
         if math.isnan(ratio):
-            raise AssertionError("non-finite values in state `y` or in its derivative")  # as torchdiffeq's
+            raise AssertionError(f"{NONFINITE} or in its derivative")  # as torchdiffeq's
 
         accept = ratio <= 1.0
         if h > c["max_step"]:

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ._checks import all_finite
+from ._checks import all_finite, check_output
 
 __all__ = ["SampleResult", "CheckedScore", "NonFiniteError"]
 
@@ -48,16 +48,7 @@ class CheckedScore:
 
     def __call__(self, x: Tensor, t: Tensor, when: float | Tensor | None = None) -> Tensor:
         """Evaluate the score at x (B, *dims) and times t (B,); `when` is the scalar time to report (default t[0])."""
-        s = self.score_fn(x, t)
-        if not isinstance(s, Tensor):
-            raise TypeError(f"{self.name} must return a torch.Tensor, got {type(s).__name__}.")
-        if s.shape != x.shape:
-            raise ValueError(
-                f"{self.name} returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}; "
-                "a score has the shape of x."
-            )
-        if s.dtype != x.dtype:
-            raise TypeError(f"{self.name} returned dtype {s.dtype} for x of dtype {x.dtype}; return x's dtype.")
+        s = check_output(self.name, self.score_fn(x, t), x, shape_rule="a score has the shape of x")
         # One reduction per call, resolved later: min and max are both finite exactly when every entry is (NaN
         # propagates to both, +inf shows in max, -inf in min; no overflow is possible), and t is kept by
         # reference, read only on failure.

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_int
+from ._checks import check_float_dtype, check_int
 
 __all__ = [
     "Images",
@@ -72,8 +72,7 @@ def images_to_float(images: Tensor, dtype: torch.dtype = torch.float32) -> Tenso
     if not isinstance(images, Tensor) or images.dtype != torch.uint8:
         got = images.dtype if isinstance(images, Tensor) else type(images).__name__
         raise TypeError(f"images must be a uint8 tensor with values 0..255 (as the loaders return), got {got}.")
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}.")
+    dtype = check_float_dtype("dtype", dtype, optional=False)
     return images.to(dtype) * PIXEL_SCALE + PIXEL_SHIFT
 
 
@@ -197,8 +196,8 @@ def _load_idx_pair(root: str | Path, split: str, what: str, source: str) -> Imag
         raise ValueError(f"{what} {split} images: expected uint8 IDX data of shape (N, H, W), got {x.dtype} {x.shape}.")
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{what} {split}: {x.shape[0]} images but labels of shape {y.shape}; the files do not match.")
-    if y.dtype != np.uint8 or (y.size and y.max() > 9):
-        got = f"{y.dtype} data" if y.dtype != np.uint8 else f"label {y.max()}"
+    got = f"{y.dtype} data" if y.dtype != np.uint8 else f"label {y.max()}" if y.size and y.max() > 9 else None
+    if got:
         raise ValueError(
             f"{what} {split} labels: expected uint8 IDX labels in 0..9, got {got}; is this the labels file of {what}?"
         )
@@ -304,8 +303,7 @@ def toy_mixture(name: str, dtype: torch.dtype = torch.float64) -> tuple[Tensor, 
     """
     if name not in TOY_MIXTURES:
         raise ValueError(f"name must be one of {sorted(TOY_MIXTURES)}, got {name!r}.")
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
+    dtype = check_float_dtype("dtype", dtype, optional=False)
     return tuple(p.to(dtype) for p in TOY_MIXTURES[name]())  # type: ignore[return-value]
 
 
@@ -322,8 +320,7 @@ def toy_2d(
     Returns a tensor (n, 2).
     """
     n = check_int("n", n, minimum=1)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
+    dtype = check_float_dtype("dtype", dtype, optional=False)
     if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
         raise TypeError(f"generator must be a CPU torch.Generator or None, got {generator!r}.")
     weights, means, stds = toy_mixture(name, torch.float64)

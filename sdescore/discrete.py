@@ -15,8 +15,10 @@ int64, the 0-based step index of Ho et al.'s code (i = 0 the least noisy, i = N 
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,11 +29,14 @@ from ._checks import (
     check_data,
     check_generator,
     check_int,
+    check_numbers,
+    check_output,
     check_real,
     check_sigmas,
+    value_range,
 )
 from ._score import CheckedScore, SampleResult
-from .parametrizations import _Converter
+from .parametrizations import _check_x, _Converter
 from .sde import SDE, VESDE, batch_view
 
 __all__ = [
@@ -75,17 +80,13 @@ def ncsn_sigmas(sigma_1: float, sigma_L: float, L: int) -> Tensor:
 
 
 def _precision(values: Any) -> float:
-    """Machine epsilon of the floating dtype the levels come in: a tensor's or a NumPy array's, else float64's."""
+    """Machine epsilon of the floating dtype the levels come in: a tensor's or a NumPy array's, else float64's
+    (check_sigmas refuses a tensor that is not floating)."""
     dtype = getattr(values, "dtype", None)
-    if isinstance(dtype, torch.dtype):
-        return torch.finfo(dtype if dtype.is_floating_point else torch.float64).eps
-    if dtype is not None:
-        try:
-            import numpy as np
-
-            return float(np.finfo(dtype).eps)
-        except (ImportError, TypeError, ValueError):
-            pass
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return torch.finfo(dtype).eps
+    if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.floating):
+        return float(np.finfo(dtype).eps)
     return torch.finfo(torch.float64).eps
 
 
@@ -102,13 +103,12 @@ def ve_sde_from_ncsn_sigmas(sigmas: Any) -> VESDE:
     levels come in (float32 levels such as NCSN's `torch.tensor(np.exp(np.linspace(...))).float()` are accepted).
     """
     eps = _precision(sigmas)
-    sigmas = check_sigmas("sigmas", sigmas)
+    sigmas = check_sigmas("sigmas", sigmas, device="cpu")  # L numbers, compared on the host
     L = sigmas.shape[0]
     if L < 2:
         raise ValueError(f"sigmas must hold at least 2 levels to define a VE-SDE, got {L}.")
     sigma_1, sigma_L = float(sigmas[0]), float(sigmas[-1])
-    t = torch.arange(L - 1, -1, -1, dtype=torch.float64) / (L - 1)
-    geometric = sigma_L * torch.exp(t * math.log(sigma_1 / sigma_L))
+    geometric = ncsn_sigmas(sigma_1, sigma_L, L)
     # a level's rounding in its own dtype, plus the rounding of log sigma that exp(linspace(log ...)) carries
     rtol = 32 * eps * (1 + max(abs(math.log(sigma_1)), abs(math.log(sigma_L))))
     deviation = (sigmas - geometric).abs() / geometric
@@ -140,7 +140,7 @@ class _NCSNFromScore(_Converter):
 
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         self._check(x, sigma, "sigma")
-        lo, hi = (float(v) for v in torch.aminmax(sigma.detach()))
+        lo, hi = (float(v) for v in value_range(sigma))
         low, high = self.sigma_range
         # a level rounded to sigma's dtype still lies in the range, and so does one at an end that the float64
         # kernel rounded (exp of a log amplifies eps64 by about |log sigma|)
@@ -336,13 +336,7 @@ def _check_betas(betas: Any) -> Tensor:
             raise TypeError(f"betas must be a floating tensor of shape (N,), got dtype {betas.dtype}.")
         b = betas.detach().to(torch.float64)
     else:
-        try:
-            values = list(betas)
-        except TypeError:
-            raise TypeError(f"betas must be a 1-D tensor or a sequence, got {type(betas).__name__}.") from None
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
-            raise TypeError(f"betas must hold real numbers, got {values!r}.")
-        b = torch.tensor(values, dtype=torch.float64)
+        b = torch.tensor(check_numbers("betas", betas, Real, "a 1-D tensor or a sequence"), dtype=torch.float64)
     if b.ndim != 1 or b.numel() == 0:
         raise ValueError(f"betas must have shape (N,) with N >= 1, got shape {tuple(b.shape)}.")
     if not bool(((b > 0) & (b < 1)).all()):
@@ -390,9 +384,7 @@ class _DiscreteEps:
 
     def __call__(self, x: Tensor, i: Tensor) -> Tensor:
         N = self.times.shape[0]
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-            got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"x must be a floating tensor of shape (B, *dims), got {got}.")
+        _check_x(x)
         B = x.shape[0]
         if not isinstance(i, Tensor) or i.is_floating_point() or i.is_complex() or i.dtype == torch.bool:
             got = f"dtype {i.dtype}" if isinstance(i, Tensor) else type(i).__name__
@@ -402,7 +394,7 @@ class _DiscreteEps:
             )
         if i.shape != (B,):
             raise ValueError(f"i must have shape ({B},), one step index per sample of x {tuple(x.shape)}, got {tuple(i.shape)}.")
-        lo, hi = (int(v) for v in torch.aminmax(i))
+        lo, hi = value_range(i)
         if lo < 0 or hi >= N:
             raise ValueError(
                 f"i indexes the {N} steps of the chain, so it must lie in [0, {N - 1}] (0 the least noisy step); got "
@@ -410,11 +402,8 @@ class _DiscreteEps:
             )
         i = i.to(device=self.times.device, dtype=torch.long)
         t, c = self.times[i].to(x.device), self.scale[i].to(x.device)
-        out = self.eps_fn(batch_view(c, x) * x, t.to(x.dtype))
-        if not isinstance(out, Tensor) or out.shape != x.shape:
-            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"eps_fn returned {got} for x of shape {tuple(x.shape)}; its output has the shape of x.")
-        return out
+        # shape only, as the losses: the output may come from a network under autocast
+        return check_output("eps_fn", self.eps_fn(batch_view(c, x) * x, t.to(x.dtype)), x, dtype=False)
 
 
 def ddpm_eps_from_continuous(

@@ -36,6 +36,7 @@ from ._checks import check_bool, check_data, check_eps, check_generator, check_i
 from ._score import CheckedScore, NonFiniteError, SampleResult
 from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD
 from .grids import TimeGrid, time_grid
+from .samplers import _randn_like
 from .sde import SDE, ScoreFn, batch_view
 
 __all__ = [
@@ -610,9 +611,6 @@ def adaptive_sde_sample(
             row[...] = part
         return _on(buf.reshape(len(parts), B, *ones), x, x.dtype)
 
-    def randn() -> Tensor:
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-
     # The per-sample step-size control runs on the host in float64 numpy, the state, the noise and the score on
     # x's device. Per iteration: one host -> device copy of the coefficients, one device -> host copy of the error
     # and the step factor (the only synchronisation), one of the noise coefficients, and indexed updates of the
@@ -623,7 +621,7 @@ def adaptive_sde_sample(
     stack = _BrownianStack(x)
     t = np.full(B, float(sde.T))
     h = np.full(B, min(h_init, sde.T - eps))
-    W = randn().mul_(rows(np.sqrt(h))[0])
+    W = _randn_like(x, generator).mul_(rows(np.sqrt(h))[0])
     # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2;
     # the state keeps max(|x'_prev|, atol / rtol)
     floor, scale = atol / rtol, 1.0 / (2.0 * rtol * math.sqrt(D))
@@ -697,7 +695,7 @@ def adaptive_sde_sample(
         a = np.where(cut, np.divide(h_new, base_h, out=np.zeros(B), where=cut), a)
         b = np.sqrt(h_new * (1.0 - a))
         ab = rows(a, b)
-        xi = randn()
+        xi = _randn_like(x, generator)
         W_new = torch.mul(W, ab[0]).addcmul_(xi, ab[1])
         pushed = np.flatnonzero(cut)
         if pushed.size:  # the rest of every cut interval: (h_b - h_new, W_base - W_new)

@@ -21,6 +21,7 @@ import torchdiffeq
 from torch import Tensor
 
 from . import _tsit5
+from ._rk import NONFINITE
 from ._checks import check_data, check_eps, check_int, check_real
 from ._score import CheckedScore, NonFiniteError, SampleResult
 from .sde import SDE, ScoreFn, batch_view
@@ -177,7 +178,9 @@ class _LinearFlow:
 
     def scaled(self, t: float, y: Tensor) -> tuple[Tensor, float]:
         """(k, m) with func(t, y) = m k, c = -g(t)^2 / 2: k = s + (a / c) y, m = c, or k = y + (c / a) s, m = a where
-        |a| > |c|; k = c s, m = 1 where a = 0, and k = a y, m = 1 where c = 0."""
+        |a| > |c|; k = s itself, m = c where a = 0 (VE: no whole-state operation at all), and k = a y, m = 1 where
+        c = 0 (k must not be the state y itself, which the step goes on reading). k may be the score's own tensor:
+        the caller multiplies out of place."""
         tv = self._clamp(t)
         a, g = self._coeffs[tv] if tv in self._coeffs else self._coefficients([tv])[tv]
         c = -0.5 * g * g
@@ -185,7 +188,7 @@ class _LinearFlow:
         if c == 0.0:
             return torch.mul(y, a), 1.0
         if a == 0.0:
-            return torch.mul(s, c), 1.0
+            return s, c
         # the larger coefficient factored out, so that the one inside is at most 1 in size (no overflow)
         if abs(c) >= abs(a):
             return torch.add(s, y, alpha=a / c), c
@@ -195,7 +198,7 @@ class _LinearFlow:
         if isinstance(t, Tensor) and t.requires_grad:  # keep the graph through t (host floats would cut it)
             return self.generic(t, y)
         k, m = self.scaled(float(t), y)
-        return k if m == 1.0 else k.mul_(m)
+        return k if m == 1.0 else torch.mul(k, m)  # out of place: k may be the score's own tensor
 
 
 def odeint_naming_nonfinite(
@@ -214,7 +217,7 @@ def odeint_naming_nonfinite(
         return torchdiffeq.odeint(func, y0, ts, method=method, **options)
     except AssertionError as err:
         score.raise_if_nonfinite(x, where, step_of)
-        if "non-finite" in str(err):
+        if NONFINITE in str(err):
             raise NonFiniteError(
                 nonfinite_state or f"{where}: the state became non-finite although every score was finite."
             ) from err

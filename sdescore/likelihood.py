@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from ._checks import all_finite, check_choice, check_data, check_eps, check_generator, check_int
+from ._checks import all_finite, check_choice, check_data, check_eps, check_float_dtype, check_generator, check_int
 from ._score import CheckedScore, NonFiniteError
 from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD, ProbabilityFlowODE, odeint_naming_nonfinite, solver_options
 from .sde import SDE, ScoreFn, VPSDE
@@ -596,9 +596,7 @@ def bits_per_dim(
     n_bins = check_int("n_bins", n_bins, minimum=2)
     x_int = _check_integers("x_int", x_int, n_bins)
     K = check_int("n_dequant", n_dequant, minimum=1)
-    dtype = torch.get_default_dtype() if dtype is None else dtype
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}.")
+    dtype = check_float_dtype("dtype", dtype) or torch.get_default_dtype()
     generator = check_generator(generator, x_int.device)
     dims = tuple(x_int.shape[1:])
     low, high = _check_range(data_range, dims, dtype, x_int.device)

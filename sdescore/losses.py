@@ -32,6 +32,8 @@ from ._checks import (
     check_eps,
     check_generator,
     check_int,
+    check_like,
+    check_output,
     check_sigmas,
     check_time,
 )
@@ -135,21 +137,8 @@ def _resolve(name: str, value: Any, registry: dict) -> Any:
 
 
 def _evaluate(fn: Callable, x: Tensor, *cond: Tensor, name: str) -> Tensor:
-    out = fn(x, *cond)
-    if not isinstance(out, Tensor):
-        raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}.")
-    if out.shape != x.shape:
-        raise ValueError(
-            f"{name} returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; its output has the shape of x."
-        )
-    return out
-
-
-def _check_noise(noise: Any, x0: Tensor) -> Tensor:
-    if not isinstance(noise, Tensor) or noise.shape != x0.shape or noise.dtype != x0.dtype:
-        got = f"{tuple(noise.shape)} {noise.dtype}" if isinstance(noise, Tensor) else type(noise).__name__
-        raise ValueError(f"noise must be a tensor shaped like x0 {tuple(x0.shape)} of dtype {x0.dtype}, got {got}.")
-    return noise
+    # no dtype rule: a network under autocast (train(bf16=True)) returns its lower precision into the loss
+    return check_output(name, fn(x, *cond), x, dtype=False)
 
 
 def _sum_sq(r: Tensor) -> Tensor:
@@ -204,7 +193,10 @@ def _noised(
             raise ValueError("importance_sampling draws the times; pass t=None with it, or importance_sampling=False.")
         t = check_time("t", t, B, sde.T).to(torch.float64)
         weight = None
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device) if noise is None else _check_noise(noise, x0)
+    if noise is None:
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    else:
+        z = check_like("noise", noise, x0, "x0")
     alpha, std = sde.kernel(t)
     if not bool((std > 0).all()):
         raise ValueError("the kernel's std(t) must be > 0 for DSM's target -z / std; use t > 0.")
@@ -374,18 +366,15 @@ def ssm_loss(
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         s = _evaluate(score_fn, x, name="score_fn")
-        first, second = [], []
-        for m in range(M):
-            sv = (s * v[m]).flatten(1).sum(1)
-            Jv = None
-            if s.requires_grad:
-                (Jv,) = torch.autograd.grad(sv.sum(), x, create_graph=True, retain_graph=True, allow_unused=True)
-            first.append((Jv * v[m]).flatten(1).sum(1) if Jv is not None else torch.zeros_like(sv))
-            if not variance_reduction:
-                second.append(0.5 * sv * sv)
-        vJv = torch.stack(first).mean(0)
-        last = 0.5 * _sum_sq(s) if variance_reduction else torch.stack(second).mean(0)
-        return reduction(vJv + last)
+        sv = (s * v).flatten(2).sum(2)  # (M, B): s broadcast over the M projections
+
+        def vJv(m: int) -> Tensor:  # v_m^T (d s / d x) v_m, one backward pass through the shared evaluation
+            (Jv,) = torch.autograd.grad(sv[m].sum(), x, create_graph=True, allow_unused=True)
+            return (Jv * v[m]).flatten(1).sum(1) if Jv is not None else torch.zeros_like(sv[m])
+
+        first = torch.stack([vJv(m) for m in range(M)]).mean(0) if s.requires_grad else torch.zeros_like(sv[0])
+        last = 0.5 * _sum_sq(s) if variance_reduction else (0.5 * sv * sv).mean(0)
+        return reduction(first + last)
 
 
 # ---------------------------------------------------------------------------------------------- NCSN
@@ -439,7 +428,10 @@ def ncsn_loss(
     else:
         labels = _check_labels(labels, B, L, x0.device)
     sigma = sigmas[labels]
-    z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device) if noise is None else _check_noise(noise, x0)
+    if noise is None:
+        z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    else:
+        z = check_like("noise", noise, x0, "x0")
     x_t = x0 + batch_view(sigma, x0) * z
     s = _evaluate(score_fn, x_t, sigma.to(x0.dtype), name="score_fn")
     return reduction(0.5 * _sum_sq(batch_view(sigma, x_t) * s + z))

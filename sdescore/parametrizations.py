@@ -20,8 +20,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor
+
+from ._checks import check_output
 
 from .sde import SDE, batch_view
 
@@ -33,6 +34,13 @@ __all__ = [
 ]
 
 Fn = Callable[[Tensor, Tensor], Tensor]
+
+
+def _check_x(x: Tensor) -> None:
+    """A converter's x: a floating tensor of shape (B, *dims) (its values are the caller's: no host read)."""
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+        got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+        raise TypeError(f"x must be a floating tensor of shape (B, *dims), got {got}.")
 
 
 class _Converter:
@@ -55,9 +63,7 @@ class _Converter:
         return f"{type(self).__name__}({self.sde!r}, {self.fn!r})"
 
     def _check(self, x: Tensor, t: Tensor, t_name: str = "t") -> None:
-        if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-            got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
-            raise TypeError(f"x must be a floating tensor of shape (B, *dims), got {got}.")
+        _check_x(x)
         if not isinstance(t, Tensor) or not t.is_floating_point():
             got = f"dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
             raise TypeError(f"{t_name} must be a floating tensor of shape ({x.shape[0]},), one per sample, got {got}.")
@@ -68,26 +74,7 @@ class _Converter:
             )
 
     def _out(self, x: Tensor, t: Tensor) -> Tensor:
-        out = self.fn(x, t)
-        if not isinstance(out, Tensor):
-            raise TypeError(f"{self.name} must return a torch.Tensor, got {type(out).__name__}.")
-        if out.shape != x.shape:
-            raise ValueError(
-                f"{self.name} returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; its output has the shape of x."
-            )
-        if out.dtype != x.dtype:
-            if out.is_floating_point() and _autocast_on(x.device.type):
-                return out.to(x.dtype)  # a network under autocast (train(bf16=True)) returns its lower precision
-            raise TypeError(f"{self.name} returned dtype {out.dtype} for x of dtype {x.dtype}; return x's dtype.")
-        return out
-
-
-def _autocast_on(device_type: str) -> bool:
-    """Whether autocast is enabled for the device type (torch >= 2.4 takes it as an argument)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:
-        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+        return check_output(self.name, self.fn(x, t), x, cast_under_autocast=True)
 
 
 class _ScoreFromEps(_Converter):

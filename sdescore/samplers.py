@@ -104,10 +104,11 @@ class AncestralSamplingPredictor:
 class NonePredictor:
     """No predictor step: corrector-only sampling (annealed Langevin dynamics when the corrector is Langevin).
 
-    `pc_sample` then runs its corrector at every point of the grid, eps included (evals = 0 marks it).
+    `pc_sample` then runs its corrector at every point of the grid, eps included (`corrector_only` says so).
     """
 
     evals = 0
+    corrector_only = True
 
     def step(self, sde, score, x, t, h, generator):
         return x, x
@@ -181,7 +182,7 @@ def pc_sample(
 
     Runs `steps` predictor steps on the uniform grid linspace(T, eps, steps + 1), each preceded by
     `n_corrector_steps` corrector steps at the same time. With denoise=True the last predictor step adds no
-    noise (the reference's "noise removal"). Without a predictor (one whose `evals` is 0, as 'none') the
+    noise (the reference's "noise removal"). Without a predictor ('none', or one whose `corrector_only` is True) the
     corrector runs at all steps + 1 points, eps included, as the reference runs it at every point of its grid:
     annealed Langevin dynamics over steps + 1 levels. Starts from x_T if given, else from
     `sde.prior_sampling(shape)`.
@@ -237,7 +238,7 @@ def pc_sample(
         h = grid[i] - grid[i + 1]
         x, x_mean = corrector.step(sde, score, x, t, h, n_corrector_steps, snr, generator)
         x, x_mean = predictor.step(sde, score, x, t, h, generator)
-    if predictor.evals == 0:  # corrector only: the last level, eps, too; its step h reaches down to 0 at most
+    if getattr(predictor, "corrector_only", False):  # no predictor: the last level, eps, too; its step h reaches down to 0 at most
         t = torch.full((B,), eps, dtype=torch.float64, device=x.device)
         x, _ = corrector.step(sde, score, x, t, min(grid[-2] - eps, eps), n_corrector_steps, snr, generator)
         x_mean = x

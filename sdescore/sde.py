@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import all_finite, check_data, check_float_dtype, check_int, check_numbers, check_real, check_time
+from ._checks import check_data, check_float_dtype, check_int, check_like, check_numbers, check_real, check_time
 
 if TYPE_CHECKING:
     from .flow import ProbabilityFlowODE
@@ -124,16 +124,7 @@ class SDE(abc.ABC):
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         else:
-            if not isinstance(noise, Tensor):
-                raise TypeError(f"noise must be a torch.Tensor shaped like x0 {tuple(x0.shape)}, got {type(noise).__name__}.")
-            if noise.shape != x0.shape:
-                raise ValueError(f"noise must be shaped like x0 {tuple(x0.shape)}, got {tuple(noise.shape)}.")
-            if noise.dtype != x0.dtype or noise.device != x0.device:
-                raise TypeError(
-                    f"noise must have x0's dtype and device ({x0.dtype}, {x0.device}), got ({noise.dtype}, {noise.device})."
-                )
-            if not all_finite(noise):
-                raise ValueError("noise holds non-finite values (NaN or inf).")
+            noise = check_like("noise", noise, x0, "x0")
         return mean + batch_view(std, x0) * noise, noise
 
     def prior_sampling(

@@ -495,9 +495,14 @@ def test_ncsn_from_score_takes_the_ve_sdes_own_end_levels_exactly():
     sigma = 90)."""
     for sigma_min in (1e-5, 1e-3, 0.05):
         for sigma_max in (1.0, 7.0, 90.0, 378.0, 997.0):
-            f = ncsn_from_score(sds.VESDE(sigma_min=sigma_min, sigma_max=sigma_max), lambda y, t: -y)
+            times = []
+            f = ncsn_from_score(sds.VESDE(sigma_min=sigma_min, sigma_max=sigma_max), lambda y, t: times.append(t) or -y)
             for dtype in (F64, torch.float32):
+                times.clear()
                 assert f(torch.zeros(2, 2, dtype=dtype), torch.tensor([sigma_max, sigma_min], dtype=dtype)).shape == (2, 2)
+                # the levels' times: T and 0, to the dtype's rounding
+                torch.testing.assert_close(times[0].double(), torch.tensor([1.0, 0.0], dtype=F64), rtol=0,
+                                           atol=4 * torch.finfo(dtype).eps)
 
 
 @pytest.mark.parametrize("sde", [sds.VESDE(sigma_min=0.01, sigma_max=50.0), sds.VPSDE()], ids=repr)

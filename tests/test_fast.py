@@ -113,11 +113,7 @@ def test_error_against_the_exact_gaussian_flow_decreases_at_the_theoretical_orde
 
 def _exact_history_step(sde, method, score_fn, exact_at, ts, x0):
     """Run the multistep method over ts with the exact state fed in at every node; return the last step's error."""
-    run = _Run(sde, CheckedScore(score_fn), ts, x0, None)
-    method.prepare(run)
-    for i in range(len(ts) - 1):
-        out = method.step(run, exact_at(float(ts[i])), i)
-    return out - exact_at(float(ts[-1]))
+    return _multistep_from(sde, score_fn, method, ts, x0, exact_at, len(ts) - 2) - exact_at(float(ts[-1]))
 
 
 @pytest.mark.parametrize("data_prediction", [False, True], ids=["dpm_solver", "dpm_solver_pp"])
@@ -530,10 +526,12 @@ def test_the_scaled_velocity_factors_out_the_larger_coefficient():
     """`scaled` returns (k, m) with m k = a y - (g^2 / 2) s in one whole-state operation, m the larger of a and
     c = -g^2 / 2 in size (c where they are equal), so the coefficient left inside k is at most 1: a ratio of 1e50
     between a and c does not overflow float32, and m k matches the two-term formula to float32 rounding, for the
-    VP (a = c), the sub-VP (|a| > |c|) and this one."""
+    VP (a = c), the sub-VP (|a| > |c|), the VE (a = 0: k is the score's own tensor, which must stay unchanged) and
+    this one."""
     x = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
     s = torch.randn(64, 3, generator=torch.Generator().manual_seed(1))
-    for sde in (sds.VPSDE(), sds.SubVPSDE(), _FaintVP()):
+    s0 = s.clone()
+    for sde in (sds.VPSDE(), sds.SubVPSDE(), sds.VESDE(), _FaintVP()):
         func = sde.probability_flow(lambda y, t: s).func(lambda y, t: s, 0.0, 1.0)
         for t in (1e-3, 0.5, 1.0):
             th = torch.tensor([t], dtype=torch.float64)
@@ -545,6 +543,7 @@ def test_the_scaled_velocity_factors_out_the_larger_coefficient():
             expected = (a * x.double() - 0.5 * g * g * s.double())
             torch.testing.assert_close((m * k.double()), expected, rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
             torch.testing.assert_close(func(t, x), expected.float(), rtol=1e-6, atol=1e-6 * float(expected.abs().max()))
+            assert torch.equal(s, s0)
 
 
 class _CountingSubVP(sds.SubVPSDE):

@@ -158,7 +158,7 @@ def test_samples_have_the_mixture_mean_covariance_and_weights():
     """Sample means, component frequencies and each component's mean and covariance within 4.5 standard errors
     (two-sided null level 7e-6 per figure, 3 + 4 + 4 x (3 + 6) = 43 figures: < 3e-4 together; seed fixed).
 
-    The SE of a sample covariance entry from n_j draws of N(mu, Sigma) is sqrt((Sigma_ik Sigma_ll + Sigma_il^2) / n_j)
+    The SE of a sample covariance entry from n_j draws of N(mu, Sigma) is sqrt((Sigma_ii Sigma_ll + Sigma_il^2) / n_j)
     (Wishart). The per-component covariances see an error in the within-component spread (e.g. lam for sqrt(lam))
     that the total covariance, dominated by the spread of the means, hides."""
     m = random_anisotropic(3, 4, seed=2)
@@ -168,6 +168,8 @@ def test_samples_have_the_mixture_mean_covariance_and_weights():
     assert bool(((x.mean(0) - m.mean()).abs() < 4.5 * se).all())
     freq = torch.bincount(J, minlength=4).to(f64) / n
     assert bool(((freq - m.weights).abs() < 4.5 * torch.sqrt(m.weights * (1 - m.weights) / n)).all())
+    emp = torch.cov(x.T)
+    assert float((emp - m.covariance()).abs().max()) < 0.05 * float(m.covariance().abs().max())  # the mixture's own
     iu = torch.triu_indices(3, 3)
     for j in range(4):
         xj, S = x[J == j], m.covs[j]
@@ -312,7 +314,7 @@ def test_negative_noise_levels_are_refused():
     for method in (p.score, p.eps, p.denoiser, p.log_prob):
         with pytest.raises(ValueError, match="noise level sigma >= 0"):
             method(x, -0.5)
-    with pytest.raises(ValueError, match="t"):
+    with pytest.raises(ValueError, match=r"^t must be >= 0, got -0.5"):
         p.marginal(-0.5)
     assert bool(torch.isfinite(p.eps(x, 50.0)).all())  # any sigma >= 0 is a valid noise level
 

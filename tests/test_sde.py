@@ -183,8 +183,12 @@ def test_times_are_checked(sde):
         sde.drift(x, 0.5)
     with pytest.raises(ValueError, match="non-finite"):
         sde.drift(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0.5]))
-    with pytest.raises(ValueError, match="noise must be shaped like x0"):
+    with pytest.raises(ValueError, match="noise must be a tensor shaped like x0"):
         sde.perturb(x, torch.full((3,), 0.5), torch.zeros(3, 3))
+
+
+def test_perturb_discretize_and_prior_sampling_check_their_arguments(sde):
+    x = torch.zeros(3, 2)
     t = torch.full((3,), 0.5)
     with pytest.raises(TypeError, match="noise must have x0's dtype and device"):
         sde.perturb(x, t, torch.zeros(3, 2, dtype=torch.int64))

@@ -53,13 +53,19 @@ def test_resume_after_sigkill_reproduces_uninterrupted_run_bitwise(tmp_path):
     assert _state_equal(resumed.ema.state_dict(), reference.ema.state_dict())
 
 
-def test_resume_extends_a_finished_run_to_more_steps_exactly(tmp_path):
+@pytest.mark.parametrize("first, total", [(2, 6), (5, 9)], ids=["inside the warm-up", "after the warm-up"])
+def test_resume_continues_the_uninterrupted_run_bitwise(tmp_path, first, total):
+    """Stop at `first` (the warm-up lasts 4 steps; 5 also ends a finished run), resume to `total`: the same run."""
     ckpt = tmp_path / "ckpt.pt"
-    problem.run(str(ckpt), 5)
-    extended = problem.run(str(ckpt), 9)
-    reference = problem.run(None, 9)
-    assert extended.losses == reference.losses
-    assert _state_equal(extended.model.state_dict(), reference.model.state_dict())
+    lrs_ref: list[float] = []
+    lrs: list[float] = []
+    reference = problem.run(None, total, callback=lambda info: lrs_ref.append(info.lr))
+    problem.run(str(ckpt), first)
+    resumed = problem.run(str(ckpt), total, callback=lambda info: lrs.append(info.lr))
+    assert lrs == lrs_ref[first:]
+    assert resumed.losses == reference.losses
+    assert _state_equal(resumed.model.state_dict(), reference.model.state_dict())
+    assert _state_equal(resumed.ema.state_dict(), reference.ema.state_dict())
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
@@ -83,23 +89,11 @@ def test_resume_trains_at_the_lr_betas_and_weight_decay_of_the_call(tmp_path):
     group = state["optimizer"]["param_groups"][0]
     assert (group["initial_lr"], tuple(group["betas"]), group["weight_decay"]) == (1e-3, (0.5, 0.9), 0.1)
     assert state["scheduler"]["base_lrs"] == [1e-3]
-    # a further resume with the same arguments continues that run exactly (here: the lr of step 6 is 1e-3 * 7/8)
+    # a further resume with the same arguments trains step 6 at that run's lr, 1e-3 * 7/8
     more: list[float] = []
     train(problem.make_model(), problem.dsm_loss, problem.make_data(), n_steps=7, lr=1e-3, warmup_steps=8,
           betas=(0.5, 0.9), weight_decay=0.1, callback=lambda info: more.append(info.lr), **kwargs)
     assert more == pytest.approx([8.75e-4], rel=1e-12)
-
-
-def test_resume_with_unchanged_arguments_mid_warmup_is_bitwise(tmp_path):
-    ckpt = tmp_path / "ckpt.pt"
-    lrs_ref: list[float] = []
-    reference = problem.run(None, 6, callback=lambda info: lrs_ref.append(info.lr))
-    problem.run(str(ckpt), 2)  # stops inside the 4-step warm-up
-    lrs: list[float] = []
-    resumed = problem.run(str(ckpt), 6, callback=lambda info: lrs.append(info.lr))
-    assert lrs == lrs_ref[2:]
-    assert resumed.losses == reference.losses
-    assert _state_equal(resumed.model.state_dict(), reference.model.state_dict())
 
 
 # ------------------------------------------------------------------------------------------ DDP
@@ -283,6 +277,8 @@ def test_ema_state_dict_loads_the_ema_weights_into_a_fresh_network(tmp_path):
     assert not _state_equal(fresh.state_dict(), result.model.state_dict())  # the average, not the last weights
     with pytest.raises(ValueError, match="'ema'"):
         ema_state_dict({"model": {}})
+    with pytest.raises(ValueError, match="an 'ema' entry without 'n_averaged'"):
+        ema_state_dict({"ema": {"module.w": torch.zeros(1)}})
 
 
 # ------------------------------------------------------------------------------------------ EMA, warm-up
@@ -360,18 +356,26 @@ def test_compiled_training_matches_eager_losses():
 
 
 # ------------------------------------------------------------------------------------------ torchrun environment
-def test_setup_without_torchrun_is_a_single_process(monkeypatch):
-    from sdescore.training import setup_distributed, teardown_distributed
+@pytest.fixture
+def single_process(monkeypatch):
+    """No torchrun variables; afterwards (even after a failure) the device setup_distributed chose is forgotten."""
+    from sdescore.training import teardown_distributed
 
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
-    info = setup_distributed()
+    yield
     teardown_distributed()
+
+
+def test_setup_without_torchrun_is_a_single_process(single_process):
+    from sdescore.training import setup_distributed
+
+    info = setup_distributed()
     assert (info.rank, info.world_size, info.is_main) == (0, 1, True)
 
 
 @pytest.mark.parametrize("env, match", [({"WORLD_SIZE": "two"}, "WORLD_SIZE"), ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK=2")])
-def test_setup_rejects_a_malformed_torchrun_environment(monkeypatch, env, match):
+def test_setup_rejects_a_malformed_torchrun_environment(single_process, monkeypatch, env, match):
     from sdescore.training import setup_distributed
 
     for var, value in env.items():
@@ -380,29 +384,22 @@ def test_setup_rejects_a_malformed_torchrun_environment(monkeypatch, env, match)
         setup_distributed()
 
 
-def test_setup_on_the_cpu_makes_train_default_to_the_cpu_even_when_cuda_is_available(monkeypatch):
+def test_setup_on_the_cpu_makes_train_default_to_the_cpu_even_when_cuda_is_available(single_process, monkeypatch):
     from sdescore.training import setup_distributed, teardown_distributed
     from sdescore.training.trainer import _resolve_device
 
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
     assert _resolve_device(None) == torch.device("cuda", 0)
-    try:
-        assert setup_distributed("cpu").device == torch.device("cpu")
-        assert _resolve_device(None) == torch.device("cpu")  # train(device=None) trains where setup chose
-    finally:
-        teardown_distributed()
+    assert setup_distributed("cpu").device == torch.device("cpu")
+    assert _resolve_device(None) == torch.device("cpu")  # train(device=None) trains where setup chose
+    teardown_distributed()
     assert _resolve_device(None) == torch.device("cuda", 0)
 
 
-def test_setup_on_the_cpu_chooses_the_cpu_and_rejects_an_unknown_device(monkeypatch):
-    from sdescore.training import setup_distributed, teardown_distributed
+def test_setup_on_the_cpu_chooses_the_cpu_and_rejects_an_unknown_device(single_process):
+    from sdescore.training import setup_distributed
 
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(var, raising=False)
     assert setup_distributed("cpu").device == torch.device("cpu")
-    teardown_distributed()
     with pytest.raises(ValueError, match="device must be None, 'cpu' or 'cuda'"):
         setup_distributed("meta")
     if not torch.cuda.is_available():

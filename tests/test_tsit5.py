@@ -33,7 +33,6 @@ def test_btilde_is_the_embedded_weights_minus_the_fifth_order_ones():
     b_hat = b + btilde
     assert np.abs(b_hat - np.array(TSITOURAS_B_HAT)).max() < 1e-15
     assert b[-1] == 0.0 and b_hat[-1] == 1.0 / 66.0
-    assert np.abs((b - btilde) - np.array(TSITOURAS_B_HAT)).max() > 1e-2  # the other sign is 2 b - b_hat
 
 
 def test_the_tableau_satisfies_the_order_conditions():
@@ -45,7 +44,6 @@ def test_the_tableau_satisfies_the_order_conditions():
     assert np.allclose(a[-1], b) and c[-1] == 1.0
     assert np.abs(_tsit5.order_conditions(b, 1.0, order=5)).max() < 1e-13
     b_hat = b + btilde
-    assert np.abs(b_hat - np.array(TSITOURAS_B_HAT)).max() < 1e-15  # the embedded solution itself, not 2 b - b_hat
     assert np.abs(_tsit5.order_conditions(b_hat, 1.0, order=4)).max() < 1e-13
     assert np.abs(_tsit5.order_conditions(b_hat, 1.0, order=5)).max() > 1e-4
     assert np.abs(_tsit5.order_conditions(_tsit5._MID, 0.5, order=4)).max() < 1e-13
@@ -74,7 +72,6 @@ def test_the_pair_converges_at_orders_five_and_four():
     exact = math.exp(math.sin(2.0))
     steps = np.array([8, 16, 32, 64])
     b, btilde = np.array(_tsit5.TSIT5_B), np.array(_tsit5.TSIT5_BTILDE)
-    assert np.abs((b + btilde) - np.array(TSITOURAS_B_HAT)).max() < 1e-15  # the embedded solution, b_hat
     for weights, lo, hi in ((b, 4.8, 6.0), (b + btilde, 3.7, 4.4)):
         errors = [abs(float(_rk_fixed(f, [1.0], 2.0, int(n), weights)[0]) - exact) for n in steps]
         slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]

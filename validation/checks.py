@@ -5,10 +5,10 @@ time). `run_checks` runs a selection and `format_table` prints it; `python -m va
 rows state their null level: a p-value row passes when p >= LEVEL (1e-3 per row); a z-score row passes when
 |z| <= Z_MAX (4.5, a two-sided level of 7e-6 per z). Seeds are fixed, so a run is reproducible.
 
-Family-wise level: the full run has 68 p-value rows (the samplers' sample rows, three tests each, the ODE
-encodings and the Langevin weights) and 28 z-score rows, so with a new `--seed` a correct sdescore fails some row
-by chance with probability at most about 68 x 1e-3 + 28 x 7e-6 ~ 7% (Bonferroni; the sliced KS rows are
-conservative, the weight rows asymptotic). At the fixed default seed the run is deterministic: in CI a failure is
+Family-wise level: with k p-value rows at LEVEL (the samplers' sample rows, three tests each, the ODE encodings
+and the Langevin weights; some 65 in the full run at this writing) and the z rows' 7e-6 each, a correct sdescore
+run with a new `--seed` fails some row by chance with probability at most about k x 1e-3 (Bonferroni; the sliced
+KS rows are conservative, the weight rows asymptotic): several percent. At the fixed default seed the run is deterministic: in CI a failure is
 a real change, not chance.
 
 The samplers' sample rows test three things, each at LEVEL: the 1-D projections (sliced KS), the mass of each mode
@@ -492,15 +492,18 @@ def _losses(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------------- samplers from the exact score
+def _law_tests(x: Tensor, law: GaussianMixture, gen: torch.Generator) -> tuple[TestResult, TestResult, TestResult]:
+    """The three tests of samples x against a law, in this order from one generator: the 1-D projections (sliced KS),
+    the mass of each mode (mode weights) and the spread within the modes (KS of log p(x) against 10 n exact draws)."""
+    return (sliced_ks_test(x, law, generator=gen), mode_weight_test(x, law, generator=gen),
+            log_density_ks_test(x, law, n_reference=10 * x.shape[0], generator=gen))
+
+
 def _sample_rows(ctx: Context, name: str, sde: SDE, target: GaussianMixture, x: Tensor, what: str) -> None:
-    """Three rows, each at LEVEL: the 1-D projections (sliced KS), the mass of each mode (mode weights) and the
-    spread within the modes (KS of log p_eps(x) against 10 n exact draws)."""
-    law = target.marginal(sde, EPS)
-    gen = ctx.generator(name, what, "test")
-    ctx.accepts(name, what, sliced_ks_test(x, law, generator=gen))
-    w = mode_weight_test(x, law, generator=gen)
+    """Three rows, each at LEVEL: `_law_tests` against the exact p_eps."""
+    ks, w, spread = _law_tests(x, target.marginal(sde, EPS), ctx.generator(name, what, "test"))
+    ctx.accepts(name, what, ks)
     ctx.accepts(name, what, w, note=f"max |w - w_true| = {w.detail['max_abs_error']:.3f}")
-    spread = log_density_ks_test(x, law, n_reference=10 * x.shape[0], generator=gen)
     ctx.accepts(name, what, spread, note=f"mean log p {spread.detail['mean_log_p']:.3f}, "
                                          f"exact {spread.detail['reference_mean_log_p']:.3f}")
 
@@ -829,10 +832,11 @@ def check_sampler(
     cov = law.covariance()
     mean_err = float((x.mean(0) - law.mean()).norm() / torch.sqrt(torch.trace(cov)))
     cov_err = float((torch.cov(x.T).reshape(cov.shape) - cov).norm() / cov.norm())
+    ks, weights, log_density = _law_tests(x, law, gen)
     return SamplerReport(
-        ks=sliced_ks_test(x, law, generator=gen),
-        weights=mode_weight_test(x, law, generator=gen),
-        log_density=log_density_ks_test(x, law, n_reference=10 * n, generator=gen),
+        ks=ks,
+        weights=weights,
+        log_density=log_density,
         mean_error=mean_err,
         cov_error=cov_err,
         nfe=out.nfe if isinstance(out, SampleResult) else None,

@@ -27,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from sdescore._checks import check_int, check_real
+from sdescore._checks import check_int, check_real, value_range
 from sdescore.sde import SDE
 
 __all__ = [
@@ -330,7 +330,7 @@ def _check_times(t: Tensor, sde: SDE | None, rounding: float = 0.0, name: str = 
     (relative to T) of the dtype the times came in (`rounding`): the rounding of a time computed near 0 or T."""
     if t.numel() == 0:
         return
-    lo, hi = (float(v) for v in torch.aminmax(t.detach()))
+    lo, hi = (float(v) for v in value_range(t))
     slack = 0.0 if sde is None else 4 * rounding * sde.T
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo < -slack:
         what = "a noise level sigma" if sde is None else "a time"

@@ -121,13 +121,16 @@ class SinusoidalEmbedding(nn.Module):
 class _LogInput(nn.Module):
     """A user's embedding module fed log(t): what log_input=True means for a module given as `embedding=`."""
 
-    def __init__(self, embedding: nn.Module, dim: int):
+    def __init__(self, embedding: nn.Module):
         super().__init__()
         self.embedding = embedding
-        self.dim = dim
 
-    def forward(self, t: Tensor) -> Tensor:
-        return self.embedding(_log_positive(check_conditioning(t)))
+    @property
+    def dim(self) -> int:
+        return self.embedding.dim
+
+    def forward(self, t: Tensor) -> Tensor:  # t was checked by the network (check_conditioning) that owns this
+        return self.embedding(_log_positive(t))
 
 
 # One registry for the string choice `embedding=` of the networks.
@@ -150,7 +153,7 @@ def make_embedding(embedding: str | nn.Module, dim: int, *, log_input: bool, fou
                 f"embedding must be one of {sorted(EMBEDDINGS)} or an nn.Module with an int attribute `dim` "
                 f"(its number of output features), got {type(embedding).__name__} without one."
             )
-        return _LogInput(embedding, out) if log_input else embedding
+        return _LogInput(embedding) if log_input else embedding
     if not isinstance(embedding, str) or embedding not in EMBEDDINGS:
         raise ValueError(f"embedding must be one of {sorted(EMBEDDINGS)} or an nn.Module, got {embedding!r}.")
     if embedding == "fourier":

@@ -119,17 +119,11 @@ class _UNet(nn.Module):
         if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
             raise TypeError(f"channel_mults must be a non-empty sequence of positive ints, e.g. (1, 2, 2), got {channel_mults!r}.")
         mults = [check_int(f"channel_mults[{i}]", m, minimum=1) for i, m in enumerate(channel_mults)]
-        if base % groups:  # the width of conv_in's output and of the first skip, both GroupNorm'ed
+        if base % groups:  # every width (conv_in, each level base * m, the skips) is a multiple of base
             raise ValueError(
                 f"base_channels = {base} is not divisible by num_groups={groups} (GroupNorm); choose base_channels "
                 "as a multiple of num_groups."
             )
-        for i, m in enumerate(mults):
-            if (base * m) % groups:
-                raise ValueError(
-                    f"base_channels * channel_mults[{i}] = {base} * {m} = {base * m} is not divisible by num_groups="
-                    f"{groups} (GroupNorm); choose base_channels as a multiple of num_groups."
-                )
         if isinstance(attention_levels, (str, bytes)) or not isinstance(attention_levels, Sequence):
             raise TypeError(f"attention_levels must be a sequence of level indices, e.g. (1,), got {attention_levels!r}.")
         attn = {check_int("attention_levels", a, minimum=0) for a in attention_levels}

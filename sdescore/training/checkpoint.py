@@ -9,7 +9,7 @@ either the previous checkpoint or the new one, never a partial file under the ch
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,17 @@ def _check_tree(obj: Any, where: str) -> None:
     )
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
-    os.umask(mask)
-    return mask
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """An exclusive new file `.{name}.{random}.tmp` next to `path`, opened for writing.
+
+    Its mode is open()'s: 0666 less the umask, which the kernel applies (no process-wide umask juggling).
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
@@ -77,11 +84,9 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     _check_tree(state, "state")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
-        # mkstemp creates the file 0600; give it the mode open() would (0666 less the umask, 0644 typically).
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
@@ -134,9 +139,10 @@ def ema_state_dict(checkpoint: dict | str | os.PathLike, map_location: str | tor
         raise TypeError(f"checkpoint must be a path or a checkpoint dict, got {type(checkpoint).__name__}.")
     ema = checkpoint.get("ema")
     if not isinstance(ema, dict) or "n_averaged" not in ema:
+        got = "no 'ema' entry" if ema is None else f"an 'ema' entry without 'n_averaged' ({type(ema).__name__})"
         raise ValueError(
-            "checkpoint has no 'ema' entry of an AveragedModel (keys 'n_averaged', 'module.*'); "
-            f"it has the keys {sorted(checkpoint)}. Was it written by sdescore.training.train?"
+            f"checkpoint has {got}; expected the state dict of an AveragedModel (keys 'n_averaged', 'module.*') "
+            f"as sdescore.training.train writes it. Its keys: {sorted(checkpoint)}."
         )
     prefix = "module."
     return OrderedDict((k[len(prefix):], v) for k, v in ema.items() if k.startswith(prefix))

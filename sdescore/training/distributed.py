@@ -7,7 +7,6 @@ sets none of them and runs as a single process.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -15,7 +14,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["DistributedInfo", "setup_distributed", "teardown_distributed", "current_distributed", "shard", "mean_over_ranks"]
+__all__ = [
+    "DistributedInfo",
+    "setup_distributed",
+    "teardown_distributed",
+    "current_distributed",
+    "shard",
+    "mean_over_ranks",
+    "range_over_ranks",
+]
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ def setup_distributed(device: str | torch.device | None = None) -> DistributedIn
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     global _chosen_device
     _chosen_device = device
-    return dataclasses.replace(current_distributed(), device=device)
+    return current_distributed()
 
 
 def current_distributed() -> DistributedInfo:
@@ -108,10 +115,8 @@ def current_distributed() -> DistributedInfo:
     else:
         rank, world_size, on_cpu = 0, 1, False
     local_rank = _env_int("LOCAL_RANK", 0) if world_size > 1 else 0
-    if _chosen_device is not None:
-        device = _chosen_device
-    else:
-        device = torch.device("cpu") if on_cpu else _default_device(local_rank)
+    fallback = torch.device("cpu") if on_cpu else _default_device(local_rank)
+    device = _chosen_device if _chosen_device is not None else fallback
     return DistributedInfo(rank, world_size, local_rank, device)
 
 
@@ -141,3 +146,17 @@ def mean_over_ranks(value: Tensor) -> Tensor:
     value = value.clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / dist.get_world_size()
+
+
+def range_over_ranks(value: int, device: torch.device) -> tuple[int, int]:
+    """(min, max) of an integer over all ranks, from one all_reduce; (value, value) without a process group.
+
+    Args:
+        value: this rank's integer.
+        device: where the reduced tensor lives (the CPU under gloo, this rank's GPU under nccl).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value, value
+    seen = torch.tensor([value, -value], dtype=torch.int64, device=device)
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    return -int(seen[1]), int(seen[0])

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from .._checks import check_int, check_real
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import current_distributed, mean_over_ranks, shard
+from .distributed import current_distributed, mean_over_ranks, range_over_ranks, shard
 
 __all__ = ["train", "TrainResult", "StepInfo", "warmup_factor", "batch_indices", "stream_seed"]
 
@@ -255,7 +255,6 @@ def train(
 
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda k: warmup_factor(k, warmup_steps))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
 
     start, losses = 0, []
@@ -269,26 +268,27 @@ def train(
                 )
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, losses = int(state["step"]), state["losses"].tolist()
+        optimizer.load_state_dict(state["optimizer"])  # Adam's moments and step counts
         # load_state_dict restored the checkpoint's lr, betas and weight_decay: the call's values win, so that
-        # rerunning with a lower lr after a divergence trains at that lr. Adam's moments and the step stay.
-        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+        # rerunning with a lower lr after a divergence trains at that lr.
         for group in optimizer.param_groups:
-            group.update(initial_lr=lr, lr=lr * warmup_factor(start, warmup_steps), betas=betas, weight_decay=weight_decay)
+            group.update(initial_lr=lr, betas=betas, weight_decay=weight_decay)
+        start, losses = int(state["step"]), state["losses"].tolist()
+    # Built after the resume: with last_epoch=start - 1 its initial step sets lr * warmup_factor(start), the lr
+    # of step `start`. (The checkpoint's "scheduler" entry is still written; the schedule is a function of the step.)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda k: warmup_factor(k, warmup_steps), last_epoch=start - 1
+    )
 
-    if world > 1:
-        # Each rank looked for the checkpoint itself: on storage that is not shared they disagree, and the loops
-        # would issue different numbers of collectives (a hang). Agree on the start step, or stop here.
-        seen = torch.tensor([start, -start], dtype=torch.int64, device=device)
-        torch.distributed.all_reduce(seen, op=torch.distributed.ReduceOp.MAX)
-        if int(seen[0]) != -int(seen[1]):
-            raise ValueError(
-                f"the ranks resume from different steps ({-int(seen[1])} to {int(seen[0])}; this is rank {rank} at "
-                f"step {start}): checkpoint_path={str(checkpoint_path)!r} must name the same file on every rank, "
-                "on a filesystem shared by all nodes."
-            )
+    # Each rank looked for the checkpoint itself: on storage that is not shared they disagree, and the loops
+    # would issue different numbers of collectives (a hang). Agree on the start step, or stop here.
+    lo, hi = range_over_ranks(start, device)
+    if lo != hi:
+        raise ValueError(
+            f"the ranks resume from different steps ({lo} to {hi}; this is rank {rank} at step {start}): "
+            f"checkpoint_path={str(checkpoint_path)!r} must name the same file on every rank, on a filesystem "
+            "shared by all nodes."
+        )
 
     train_model: nn.Module = model
     if world > 1:
