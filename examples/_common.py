@@ -112,6 +112,11 @@ def start(cfg: SimpleNamespace) -> Run:
     elif "OMP_NUM_THREADS" not in os.environ:  # torchrun sets it; otherwise share the CPUs between local processes
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if cfg.device is not None:
+        try:
+            torch.device(cfg.device)
+        except RuntimeError:
+            raise SystemExit(f"--device must name a torch device such as cpu, cuda or cuda:1, got {cfg.device!r}.") from None
     if cfg.device is not None and torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but CUDA is not available; use --device cpu.")
     info = sds.setup_distributed(cfg.device)  # gloo for --device cpu, nccl on GPUs

@@ -160,6 +160,19 @@ def check_float_dtype(name: str, dtype: Any, *, optional: bool = True) -> torch.
     )
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def check_not_half(name: str, x: Tensor, why: str) -> Tensor:
+    """x unless it is in half precision (float16 or bfloat16), which `why` cannot resolve: TypeError naming it."""
+    if x.dtype in HALF_DTYPES:
+        raise TypeError(
+            f"{name} has dtype {x.dtype}, but {why}; pass {name}.float() (a half-precision network still runs in "
+            "half precision under torch.autocast)."
+        )
+    return x
+
+
 def check_generator(generator: Any, device: torch.device) -> torch.Generator | None:
     if generator is None:
         return None

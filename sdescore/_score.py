@@ -48,7 +48,7 @@ class CheckedScore:
 
     def __call__(self, x: Tensor, t: Tensor, when: float | Tensor | None = None) -> Tensor:
         """Evaluate the score at x (B, *dims) and times t (B,); `when` is the scalar time to report (default t[0])."""
-        s = check_output(self.name, self.score_fn(x, t), x, shape_rule="a score has the shape of x")
+        s = check_output(self.name, self.score_fn(x, t), x, shape_rule="a score has the shape of x", cast_under_autocast=True)
         # One reduction per call, resolved later: min and max are both finite exactly when every entry is (NaN
         # propagates to both, +inf shows in max, -inf in min; no overflow is possible), and t is kept by
         # reference, read only on failure.
@@ -57,7 +57,9 @@ class CheckedScore:
         return s
 
     def first_nonfinite(self) -> tuple[int, float] | None:
-        """(evaluation index, time) of the first non-finite score, or None. Synchronises once."""
+        """(evaluation index, time) of the first non-finite score, or None. Synchronises once.
+
+        The time is the first of the call's times (all equal, except in a solver with one time per sample)."""
         if not self._ranges:
             return None
         finite = torch.isfinite(torch.stack([v for r in self._ranges for v in r]).reshape(-1, 2)).all(1)
@@ -67,20 +69,29 @@ class CheckedScore:
         when = self._when[k]
         return k, float(when.reshape(-1)[0]) if isinstance(when, Tensor) else float(when)
 
-    def raise_if_nonfinite(self, x: Tensor, where: str, step_of: Callable[[int, float], int | None]) -> None:
+    def raise_if_nonfinite(self, x: Tensor, where: str, step_of: Callable[[int, float], int | str | None]) -> None:
         """Raise NonFiniteError if a score, or the final state x, was non-finite.
 
         step_of(evaluation index, time) gives the solver step that made that evaluation, or None where the step is
         not known (an adaptive solver, whose rejected steps and initial-step probe also evaluate the score): the
-        message then names the evaluation and its time only.
+        message then names the evaluation and its time only; or a phrase naming the evaluation ("in the final
+        denoising evaluation"), which the message then uses instead of the step and the evaluation's index. Where a call's times differ between samples, the
+        message gives their range.
         """
         bad = self.first_nonfinite()
         if bad is not None:
             k, t = bad
             step = step_of(k, t)
-            at = "in the solve" if step is None else f"at step {step}"
+            at = "in the solve" if step is None else step if isinstance(step, str) else f"at step {step}"
+            when = self._when[k]
+            if isinstance(when, Tensor) and when.numel() > 1 and bool(when.min() != when.max()):
+                t_text = f"t from {float(when.min()):.6g} to {float(when.max()):.6g} across the batch"
+            else:
+                t_text = f"t={t:.6g}"
+            if not isinstance(step, str):
+                t_text += f", score evaluation {k}"
             raise NonFiniteError(
-                f"{where}: non-finite values appeared {at} (t={t:.6g}, score evaluation {k}): "
+                f"{where}: non-finite values appeared {at} ({t_text}): "
                 f"{self.name} returned NaN or inf there, or the state had already diverged; check the score model, "
                 "the step size and the time grid."
             )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import math
 import struct
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -122,7 +123,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         with opener(path, "rb") as f:
             return f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{path}: cannot decompress the gzip file ({e}); the file is damaged, fetch it again.") from e
 
 
@@ -301,7 +302,7 @@ def toy_mixture(name: str, dtype: torch.dtype = torch.float64) -> tuple[Tensor, 
             Song & Ermon 2019) or "ring" (8 equal modes on the circle of radius 2, std 0.2).
         dtype: floating dtype of the parameters.
     """
-    if name not in TOY_MIXTURES:
+    if not isinstance(name, str) or name not in TOY_MIXTURES:
         raise ValueError(f"name must be one of {sorted(TOY_MIXTURES)}, got {name!r}.")
     dtype = check_float_dtype("dtype", dtype, optional=False)
     return tuple(p.to(dtype) for p in TOY_MIXTURES[name]())  # type: ignore[return-value]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import check_bool, check_data, check_eps, check_generator, check_int, check_real
+from ._checks import HALF_DTYPES, check_bool, check_data, check_eps, check_generator, check_int, check_real
 from ._score import CheckedScore, NonFiniteError, SampleResult
 from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD
 from .grids import TimeGrid, time_grid
@@ -168,6 +168,9 @@ class _Method:
         raise NotImplementedError
 
 
+DENOISING = "in the final denoising evaluation"  # the step_of phrase for Tweedie's last evaluation
+
+
 def _check_common(sde: Any, x_T: Any, steps: Any, eps: Any, generator: Any, denoise: Any) -> tuple:
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
@@ -177,6 +180,8 @@ def _check_common(sde: Any, x_T: Any, steps: Any, eps: Any, generator: Any, deno
     generator = check_generator(generator, x.device)
     if not isinstance(denoise, bool):
         raise TypeError(f"denoise must be a bool, got {type(denoise).__name__} {denoise!r}.")
+    if denoise:  # Tweedie's step needs the kernel: an SDE without one raises its NotImplementedError now, not after the solve
+        sde.kernel(torch.full((1,), eps, dtype=torch.float64))
     return x, steps, eps, generator
 
 
@@ -203,7 +208,7 @@ def _integrate(
     if denoise:
         run.i = steps
         x = run.data(x, run.nodes[-1]).eval()
-    run._score.raise_if_nonfinite(x, where, lambda k, t: run.step_of_eval[k])
+    run._score.raise_if_nonfinite(x, where, lambda k, t: run.step_of_eval[k] if run.step_of_eval[k] < steps else DENOISING)
     return SampleResult(x=x, nfe=run._score.nfe)
 
 
@@ -481,7 +486,7 @@ def dpm_solver_pp_sample(
 ) -> SampleResult:
     """DPM-Solver++(kM), k = 1, 2, 3: the multistep exponential integrator with data prediction D = E[x0 | x_t].
 
-    Lu et al. (2022b), eq. 9 and algorithm 2: x_s = std_s / std_t x_t + std_s int e^{lambda} D d lambda with D
+    Lu et al. (2022b), eq. 8 and algorithm 2: x_s = std_s / std_t x_t + std_s int e^{lambda} D d lambda with D
     extrapolated linearly (2M) or quadratically (3M) from the last evaluations; one evaluation per step.
     Arguments as in `dpm_solver_sample` (always multistep).
     """
@@ -589,6 +594,10 @@ def adaptive_sde_sample(
         redraw_rejected: reproduce the published noise redraw (biased) instead of the Brownian bridge.
         max_evals: raise instead of running past this many score evaluations.
     Other arguments as in `heun_sample`.
+
+    Gradients flow through the accepted steps with the step sizes held fixed: the controller decides on the host
+    and its decisions are not differentiated. A half-precision state takes its coefficients in float32 (h g^2
+    exceeds float16's range for large sigma_max).
     """
     x, _, eps, generator = _check_common(sde, x_T, 1, eps, generator, denoise)
     rtol = check_real("rtol", rtol, positive=True)
@@ -603,13 +612,19 @@ def adaptive_sde_sample(
     B, D = x.shape[0], x[0].numel()
     ones = (1,) * (x.ndim - 1)
 
-    host_dtype = {torch.float64: np.float64, torch.float16: np.float16}.get(x.dtype, np.float32)
+    # The coefficient rows are in float64 for a float64 state, else in float32: h g(t)^2 exceeds float16's range
+    # (65504) for the VE-SDE's sigma_max in the hundreds. A half-precision state takes them through operations
+    # computed in float32 and stored in its dtype (in place, or cast back by `own`).
+    host_dtype = np.float64 if x.dtype == torch.float64 else np.float32
 
-    def rows(*parts: np.ndarray) -> Tensor:  # k host arrays of B -> (k, B, 1, ..., 1) on x's device, in x's dtype
+    def rows(*parts: np.ndarray) -> Tensor:  # k host arrays of B -> (k, B, 1, ..., 1) on x's device
         buf = np.empty((len(parts), B), dtype=host_dtype)
         for row, part in zip(buf, parts):
             row[...] = part
-        return _on(buf.reshape(len(parts), B, *ones), x, x.dtype)
+        return _on(buf.reshape(len(parts), B, *ones), x)
+
+    def own(y: Tensor) -> Tensor:  # in x's dtype: a half-precision product with float32 rows, or a user's f in float64
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     # The per-sample step-size control runs on the host in float64 numpy, the state, the noise and the score on
     # x's device. Per iteration: one host -> device copy of the coefficients, one device -> host copy of the error
@@ -625,6 +640,7 @@ def adaptive_sde_sample(
     # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2;
     # the state keeps max(|x'_prev|, atol / rtol)
     floor, scale = atol / rtol, 1.0 / (2.0 * rtol * math.sqrt(D))
+    norm_dtype = torch.float32 if x.dtype in HALF_DTYPES else None  # a half-precision sum of squares overflows
     abs_prev = x.abs().clamp_min_(floor)
     while True:
         if score.nfe + 2 > max_evals:
@@ -644,15 +660,15 @@ def adaptive_sde_sample(
             t64 = times.to(x.device)
         # per-sample coefficients, one copy: k0, h g(t)^2, g(t), k3, h g(t-h)^2, g(t-h), t, t - h
         c = rows(k0, h * g0 * g0, g0, k3, h * g1 * g1, g1, t, t_next)
-        s1 = score(x, c[6].reshape(B))
-        x1 = torch.mul(x, c[0]) if linear else torch.addcmul(x, c[0], sde.f(x, t64[:B]), value=-1.0)
+        s1 = score(x, own(c[6].reshape(B)))
+        x1 = own(torch.mul(x, c[0]) if linear else torch.addcmul(x, c[0], sde.f(x, t64[:B]), value=-1.0))
         x1 = x1.addcmul_(c[1], s1).addcmul_(c[2], W)
-        s2 = score(x1, c[7].reshape(B))
-        xt = torch.addcmul(x, c[3], x1) if linear else torch.addcmul(x, c[3], sde.f(x1, t64[B:]), value=-1.0)
+        s2 = score(x1, own(c[7].reshape(B)))
+        xt = own(torch.addcmul(x, c[3], x1) if linear else torch.addcmul(x, c[3], sde.f(x1, t64[B:]), value=-1.0))
         xt = xt.addcmul_(c[4], s2).addcmul_(c[5], W)
         a1 = x1.abs().clamp_min_(floor)
-        E = torch.linalg.vector_norm((x1 - xt).div_(torch.maximum(a1, abs_prev)).flatten(1), dim=1)
-        E = E.to(torch.float64).mul_(scale)
+        E = torch.linalg.vector_norm((x1 - xt).div_(torch.maximum(a1, abs_prev)).flatten(1), dim=1, dtype=norm_dtype)
+        E = E.detach().to(torch.float64).mul_(scale)
         # the error and the controller's factor E^-exponent, in one copy: the one synchronisation of the iteration
         E, factor = torch.stack([E, E.clamp_min(1e-10).pow_(-exponent)]).cpu().numpy()
         if not np.isfinite(E).all():
@@ -663,7 +679,7 @@ def adaptive_sde_sample(
             )
         accept = E <= 1.0
         # accepted: x'' (and x' becomes x'_prev); rejected samples keep their state
-        x_new = x1.lerp_(xt, 0.5)
+        x_new = torch.lerp(x1, xt, 0.5)  # out of place: autograd may need x1 (the score's input)
         rejected = np.flatnonzero(~accept)
         if rejected.size:  # copy their rows back (cheaper than a whole-batch where while rejections are few)
             rows_back = _on(rejected, x)
@@ -696,7 +712,7 @@ def adaptive_sde_sample(
         b = np.sqrt(h_new * (1.0 - a))
         ab = rows(a, b)
         xi = _randn_like(x, generator)
-        W_new = torch.mul(W, ab[0]).addcmul_(xi, ab[1])
+        W_new = own(torch.mul(W, ab[0])).addcmul_(xi, ab[1])
         pushed = np.flatnonzero(cut)
         if pushed.size:  # the rest of every cut interval: (h_b - h_new, W_base - W_new)
             pd = _on(pushed, x)
@@ -704,9 +720,10 @@ def adaptive_sde_sample(
         h, W = h_new, W_new
         if not (t > eps).any():
             break
+    solved = score.nfe
     if denoise:
         x = _tweedie(sde, score, x, eps)
-    score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
+    score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: DENOISING if k == solved else k // 2)
     return SampleResult(x=x, nfe=score.nfe)
 
 
@@ -726,7 +743,7 @@ def adaptive_ode_sample(
 
     `sde.probability_flow(score_fn).sample` with this module's signature; denoise adds Tweedie's E[x0 | x_eps].
     The default 'tsit5' is Tsitouras' 5(4) pair run by torchdiffeq with sdescore's cheaper step (`sdescore._rk`:
-    same step control, a third to a fifth of dopri5's own work per evaluation, docs/benchmarks.md); any torchdiffeq
+    same step control, 5 to 9 times less own work per evaluation than dopri5's, docs/benchmarks.md); any torchdiffeq
     adaptive method ('dopri5', ...) may be named instead. `generator` is unused (deterministic) and accepted for
     the shared signature.
     """
@@ -741,7 +758,7 @@ def adaptive_ode_sample(
         return out
     score = CheckedScore(score_fn)
     xe = _tweedie(sde, score, out.x, eps)
-    score.raise_if_nonfinite(xe, "adaptive_ode_sample", lambda k, _t: 0)
+    score.raise_if_nonfinite(xe, "adaptive_ode_sample", lambda k, _t: DENOISING)
     return SampleResult(x=xe, nfe=out.nfe + 1)
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import _tsit5
 from ._rk import NONFINITE
-from ._checks import check_data, check_eps, check_int, check_real
+from ._checks import check_data, check_eps, check_int, check_not_half, check_real
 from ._score import CheckedScore, NonFiniteError, SampleResult
 from .sde import SDE, ScoreFn, batch_view
 
@@ -108,7 +108,7 @@ class ProbabilityFlowODE:
         """
         x_T = check_data("x_T", x_T)
         eps = check_eps(eps, self.sde.T)
-        return self._solve(x_T, self.sde.T, eps, method, rtol, atol, steps, "ProbabilityFlowODE.sample")
+        return self._solve(x_T, "x_T", self.sde.T, eps, method, rtol, atol, steps, "ProbabilityFlowODE.sample")
 
     def encode(
         self,
@@ -123,14 +123,21 @@ class ProbabilityFlowODE:
         """Integrate from t = eps to t = T: the latent z = x(T) of data x0 (B, *dims); the inverse of `sample`."""
         x0 = check_data("x0", x0)
         eps = check_eps(eps, self.sde.T)
-        return self._solve(x0, eps, self.sde.T, method, rtol, atol, steps, "ProbabilityFlowODE.encode")
+        return self._solve(x0, "x0", eps, self.sde.T, method, rtol, atol, steps, "ProbabilityFlowODE.encode")
 
     def _solve(
-        self, x: Tensor, t0: float, t1: float, method: str, rtol: float, atol: float, steps: int | None, where: str
+        self, x: Tensor, name: str, t0: float, t1: float, method: str, rtol: float, atol: float, steps: int | None,
+        where: str,
     ) -> SampleResult:
         score = CheckedScore(self.score_fn)
         lo, hi = min(t0, t1), max(t0, t1)
         options = solver_options(method, rtol, atol, steps, t0, t1, x.device)
+        if method in ADAPTIVE_METHODS:
+            # the error estimate is compared with rtol and atol: in a state rounded to 3 (bfloat16) or 4 (float16)
+            # significant digits it is rounding noise (thousands of rejected steps), and the norms overflow float16
+            check_not_half(name, x, f"the adaptive method {method!r} needs float32 or float64: in half precision its "
+                           "error estimate is rounding noise (relative 1e-3 in float16, 8e-3 in bfloat16) and its norms "
+                           "overflow (a fixed-step method, steps=, runs in half precision)")
 
         func = self.func(score, lo, hi)  # fixed grids lie inside [lo, hi]; adaptive probes are clamped there
         h = (hi - lo) / steps if steps else None
@@ -228,11 +235,11 @@ def solver_options(
     method: str, rtol: float, atol: float, steps: int | None, t0: float, t1: float, device: torch.device
 ) -> dict[str, Any]:
     """odeint keyword arguments for integrating from t0 to t1 without evaluating outside [t0, t1]."""
+    rtol = check_real("rtol", rtol, positive=True)
+    atol = check_real("atol", atol, positive=True)
     if method in ADAPTIVE_METHODS:
         if steps is not None:
             raise ValueError(f"steps applies to fixed-step methods {FIXED_METHODS}; {method!r} is adaptive: use rtol/atol.")
-        rtol = check_real("rtol", rtol, positive=True)
-        atol = check_real("atol", atol, positive=True)
         return {"rtol": rtol, "atol": atol, "options": {"step_t": torch.tensor([t1], dtype=torch.float64, device=device)}}
     if method in FIXED_METHODS:
         if steps is None:

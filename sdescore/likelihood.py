@@ -30,7 +30,10 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
-from ._checks import all_finite, check_choice, check_data, check_eps, check_float_dtype, check_generator, check_int
+from ._checks import (
+    HALF_DTYPES, all_finite, check_choice, check_data, check_eps, check_float_dtype, check_generator, check_int,
+    check_not_half,
+)
 from ._score import CheckedScore, NonFiniteError
 from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD, ProbabilityFlowODE, odeint_naming_nonfinite, solver_options
 from .sde import SDE, ScoreFn, VPSDE
@@ -401,7 +404,8 @@ def log_likelihood(
         raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn).__name__}.")
-    x = check_data("x", x).detach()
+    x = check_not_half("x", check_data("x", x).detach(), "an exact log-likelihood integrates log-densities of "
+                       "order D to tolerances of 1e-5 and more, which half precision cannot hold")
     eps = check_eps(eps, sde.T)
     estimator = check_choice("trace", trace, TRACES)
     if not (callable(getattr(estimator, "draw", None)) and callable(getattr(estimator, "divergence", None))):
@@ -597,6 +601,8 @@ def bits_per_dim(
     x_int = _check_integers("x_int", x_int, n_bins)
     K = check_int("n_dequant", n_dequant, minimum=1)
     dtype = check_float_dtype("dtype", dtype) or torch.get_default_dtype()
+    if dtype in HALF_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64 for an exact likelihood, got {dtype}.")
     generator = check_generator(generator, x_int.device)
     dims = tuple(x_int.shape[1:])
     low, high = _check_range(data_range, dims, dtype, x_int.device)

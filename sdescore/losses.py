@@ -3,7 +3,7 @@
 Conventions held by every loss here:
 
 - The per-sample value is lambda * ||residual||^2 / 2, summed over the non-batch dimensions (the 1/2 of
-  Hyvärinen 2005, Vincent 2011, Song & Ermon 2019 eq. 6 and Song et al. 2021 eq. 7). `reduce` chooses the
+  Hyvärinen 2005, Vincent 2011 and Song & Ermon 2019 eq. 5; Song et al. 2021 eq. 7 omits it). `reduce` chooses the
   batch reduction through `REDUCTIONS`: 'mean' (default), 'sum', or 'none' for the (B,) per-sample values.
 - Time-conditioned models are called score_fn(x, t) with t of shape (B,) in x's dtype; times are drawn and
   the SDE's coefficients computed in float64.
@@ -289,6 +289,15 @@ def eps_loss(
 
 
 # ---------------------------------------------------------------------------------------------- ISM, SSM
+def _refuse_inference_mode(where: str) -> None:
+    # torch.enable_grad() does not lift inference mode: the x-derivatives would be missing and the loss wrong
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{where} cannot run under torch.inference_mode(): its trace term differentiates the score with respect to "
+            "x by autograd. Call it under torch.no_grad() for a value without a graph, or with grad enabled to train."
+        )
+
+
 def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "mean") -> Tensor:
     """Implicit score matching E[tr(grad_x s(x)) + ||s(x)||^2 / 2] with the exact trace (Hyvärinen 2005, eq. 4).
 
@@ -304,6 +313,7 @@ def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "
     reduction = _resolve("reduce", reduce, REDUCTIONS)
     check_callable("score_fn", score_fn, "score_fn(x)")
     x = check_data("x", x)
+    _refuse_inference_mode("ism_loss")
     with torch.enable_grad():  # the loss is made of x-derivatives, whatever the caller's grad mode
         x = x.detach().requires_grad_(True)
         s = _evaluate(score_fn, x, name="score_fn").flatten(1)
@@ -352,6 +362,7 @@ def ssm_loss(
     variance_reduction = check_bool("variance_reduction", variance_reduction)
     M = check_int("n_projections", n_projections, minimum=1)
     x = check_data("x", x)
+    _refuse_inference_mode("ssm_loss")
     generator = check_generator(generator, x.device)
     B = x.shape[0]
     shape = (M * B, *x.shape[1:])

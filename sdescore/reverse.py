@@ -96,6 +96,21 @@ class IncrementBrownian(torchsde.BaseBrownian):
         return self._levy
 
 
+def _check_bm(bm: object, shape: tuple[int, ...], s_end: float) -> None:
+    """bm: a torchsde Brownian motion of the flattened state's shape covering the solver times [0, s_end]."""
+    if not isinstance(bm, torchsde.BaseBrownian):
+        raise TypeError(f"bm must be a torchsde Brownian motion (e.g. torchsde.BrownianInterval) or None, got {type(bm).__name__}.")
+    if tuple(bm.shape) != shape:
+        raise ValueError(f"bm must have the shape (B, D) = {shape} of the flattened state, got {tuple(bm.shape)}.")
+    # BrownianInterval keeps its interval in private attributes; outside it torchsde only warns and clamps
+    start, end = getattr(bm, "_start", None), getattr(bm, "_end", None)
+    if start is not None and end is not None and (start > 0.0 or end < s_end * (1 - 1e-12)):
+        raise ValueError(
+            f"bm covers the solver times [{start}, {end}], but the solve runs over [0, T - eps] = [0, {s_end}]; "
+            f"create it with t0=0.0, t1={s_end}."
+        )
+
+
 class ReverseSDE:
     """Reverse-time SDE dx = [f(x, t) - g(t)^2 score(x, t)] dt + g(t) dw_bar, in torchsde's duck type.
 
@@ -128,9 +143,10 @@ class ReverseSDE:
         self.event_shape = None if event_shape is None else tuple(event_shape)
         self.sde_type = sde_type
         self._score = score_fn if isinstance(score_fn, CheckedScore) else CheckedScore(score_fn)
-        # the one-entry memo of _drift_and_g, on for the copy `sample` makes for one solve only
-        self._memoize = False
-        self._memo: tuple[Tensor, int, float, Tensor, float] | None = None
+        # the memo of _drift_and_g, of the last _memo_size evaluations: on (size > 0) only in the copy `sample`
+        # makes for one solve
+        self._memo_size = 0
+        self._memo: list[tuple[Tensor, int, float, Tensor, float]] = []
 
     def __repr__(self) -> str:
         return f"ReverseSDE({self.sde!r}, probability_flow={self.probability_flow})"
@@ -147,14 +163,19 @@ class ReverseSDE:
         return self.sde.T - s_value
 
     def _drift_and_g(self, s: Tensor, y: Tensor) -> tuple[Tensor, float]:
-        # torchsde probes f and g at (ts[0], y0) for shapes before integrating from the same point: within one
-        # solve (`sample`'s copy), a one-entry memo answers these repeats (same tensor, unmodified, same time), so
-        # that every score evaluation is one the solver uses. An object handed to torchsde.sdeint directly keeps no
-        # memo: between its solves the model may have changed, which no key can see.
+        # torchsde probes f and g at (ts[0], y0) for shapes before integrating from the same point, and its
+        # stochastic Runge-Kutta step ('srk') evaluates the drift of each earlier stage again in every later stage
+        # (10 calls for its 4 stage states). Within one solve (`sample`'s copy), a memo of the last evaluations (one,
+        # or the 4 stages for 'srk': each entry holds two states) answers these repeats (the same tensor, unmodified, at the same time), so that every score
+        # evaluation is one the solver uses. The version counter sees in-place changes; inference tensors have
+        # none, and there identity and time are the key (torchsde builds its stage states out of place). An object
+        # handed to torchsde.sdeint directly keeps no memo: between its solves the model may have changed, which
+        # no key can see.
         t_value = self._time(s)
-        memo = self._memo
-        if memo is not None and memo[0] is y and memo[1] == y._version and memo[2] == t_value:
-            return memo[3], memo[4]
+        version = -1 if y.is_inference() else y._version
+        for memo in self._memo:
+            if memo[0] is y and memo[1] == version and memo[2] == t_value:
+                return memo[3], memo[4]
         B = y.shape[0]
         x = y.reshape(B, *(self.event_shape or y.shape[1:]))
         t = torch.full((B,), t_value, dtype=torch.float64, device=y.device)
@@ -168,8 +189,8 @@ class ReverseSDE:
         else:  # solver-time drift -(f - g^2 s)
             drift = (score * (g * g)).sub_(self.sde.f(x, t))
         out = drift.reshape(B, -1), g
-        if self._memoize:
-            self._memo = (y, y._version, t_value, *out)
+        if self._memo_size:
+            self._memo = [*self._memo[max(0, len(self._memo) + 1 - self._memo_size):], (y, version, t_value, *out)]
         return out
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
@@ -216,6 +237,8 @@ class ReverseSDE:
         B = x_T.shape[0]
         y0 = x_T.reshape(B, -1)
         s_end = self.sde.T - eps
+        if bm is not None:
+            _check_bm(bm, tuple(y0.shape), s_end)
         if bm is None:
             if levy == "foster":
                 if generator is not None:
@@ -229,7 +252,7 @@ class ReverseSDE:
         bound = ReverseSDE(
             self.sde, CheckedScore(self.score_fn), self.probability_flow, event_shape=x_T.shape[1:], sde_type=sde_type
         )
-        bound._memoize = True
+        bound._memo_size = 4 if method == "srk" else 1
         ts = torch.tensor([0.0, s_end], dtype=torch.float64)
         # torchsde steps by accumulating dt in floating point; a step a hair longer than (s_end / steps)
         # keeps the count at exactly `steps` (the last one is clipped to s_end) instead of adding a sliver.

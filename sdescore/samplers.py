@@ -136,7 +136,8 @@ class LangevinCorrector:
             z = _randn_like(x, generator)
             grad_norm = grad.flatten(1).norm(dim=1).mean()
             noise_norm = z.flatten(1).norm(dim=1).mean()
-            step_size = 2 * alpha_i * (snr * noise_norm / grad_norm) ** 2
+            # a score that is zero on the whole batch (a freshly initialised network) has no step size: skip
+            step_size = 2 * alpha_i * torch.where(grad_norm > 0, snr * noise_norm / grad_norm, 0.0) ** 2
             x_mean = x + step_size * grad
             x = x_mean + torch.sqrt(2 * step_size) * z
         return x, x_mean

@@ -19,13 +19,17 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_data, check_float_dtype, check_int, check_like, check_numbers, check_real, check_time
+from ._checks import (
+    HALF_DTYPES, check_data, check_float_dtype, check_generator, check_int, check_like, check_numbers, check_real,
+    check_time,
+)
 
 if TYPE_CHECKING:
     from .flow import ProbabilityFlowODE
     from .reverse import ReverseSDE
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+"""The one model interface inside sdescore: score_fn(x, t) -> tensor shaped like x, for x (B, *dims) and t (B,)."""
 
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "ScoreFn", "batch_view"]
 
@@ -108,8 +112,9 @@ class SDE(abc.ABC):
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Perturbation kernel p_t(x | x0) = N(mean, std^2 I): returns (mean shaped like x0, std of shape (B,)).
 
-        Song et al. (2021), eq. 29 (VE), 33 (VP), appendix C (sub-VP). x0 is clean data; the law at time t
-        is the data law convolved with this kernel. For the VE-SDE this is the SMLD convention (see VESDE).
+        Song et al. (2021), eq. 33 (VP), appendix C (sub-VP); for the VE-SDE the SMLD convention std = sigma(t),
+        which differs from their eq. 29, sqrt(sigma(t)^2 - sigma_min^2), by sigma_min^2 in variance (see VESDE). x0
+        is clean data; the law at time t is the data law convolved with this kernel.
         """
         x0 = check_data("x0", x0)
         t = check_time("t", t, x0.shape[0], self.T)
@@ -121,6 +126,7 @@ class SDE(abc.ABC):
     ) -> tuple[Tensor, Tensor]:
         """Draw x_t = alpha(t) x0 + std(t) z from the kernel; returns (x_t, z). z: standard normal, shaped like x0."""
         mean, std = self.marginal_prob(x0, t)
+        generator = check_generator(generator, x0.device)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
         else:
@@ -140,11 +146,18 @@ class SDE(abc.ABC):
         if len(shape) < 2 or any(n < 1 for n in shape):
             raise ValueError(f"shape must be (batch, *dims) of positive integers, with at least two entries, got {shape}.")
         dtype = check_float_dtype("dtype", dtype)
+        generator = check_generator(generator, torch.device(device) if device is not None else torch.get_default_device())
         return self.prior_std * torch.randn(shape, generator=generator, dtype=dtype, device=device)
 
     def prior_logp(self, z: Tensor) -> Tensor:
-        """log N(z; 0, prior_std^2 I), summed over the non-batch dimensions; shape (B,)."""
+        """log N(z; 0, prior_std^2 I), summed over the non-batch dimensions; shape (B,).
+
+        In float32 for a half-precision z: a sum over D dimensions overflows float16 (and rounds to 3 digits in
+        bfloat16) from D of a few thousand; float32 and float64 keep z's dtype.
+        """
         z = check_data("z", z)
+        if z.dtype in HALF_DTYPES:
+            z = z.float()
         D = z[0].numel()
         var = self.prior_std**2
         return -0.5 * D * math.log(2 * math.pi * var) - z.pow(2).flatten(1).sum(1) / (2 * var)
@@ -279,7 +292,9 @@ class _LinearBetaSDE(SDE):
     def _t_from_integral_beta(self, c: Tensor) -> Tensor:
         # Root of (beta_max - beta_min) t^2 / 2 + beta_min t = c, written without cancellation.
         d = self.beta_max - self.beta_min
-        return 2.0 * c / (self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * d * c))
+        root = self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * d * c)
+        # root = 0 only at c = 0 with beta_min = 0, where t = 0 (the formula's 0 / 0)
+        return 2.0 * c / torch.where(root > 0, root, torch.ones_like(root))
 
     def f(self, x: Tensor, t: Tensor) -> Tensor:
         return batch_view(self.linear_drift(t), x) * x

@@ -98,6 +98,16 @@ def test_gzip_is_detected_by_content_not_by_name(tmp_path):
     np.testing.assert_array_equal(read_idx(tmp_path / "raw.gz"), a)
 
 
+@pytest.mark.parametrize("at", range(10, 30, 4))
+def test_a_damaged_gzip_stream_is_reported_with_the_file(tmp_path, at):
+    path = write_idx(tmp_path / "d.gz", np.arange(1000, dtype=np.uint8).reshape(10, 100) % 251, gz=True)
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF  # inside the deflate stream: zlib's own error, or a CRC mismatch at the end
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"d\.gz: cannot decompress the gzip file"):
+        read_idx(path)
+
+
 def test_bad_magic_number_is_rejected(tmp_path):
     path = tmp_path / "bad"
     path.write_bytes(b"\x08\x03\x00\x00" + b"\x00" * 20)  # little-endian magic: not IDX
@@ -252,7 +262,8 @@ def test_ring_modes_lie_on_the_circle_of_radius_two():
     assert abs(float(x.norm(dim=1).mean()) - 2.0) < 0.05
 
 
-@pytest.mark.parametrize("args, error, match", [(("moons", 5), ValueError, "two_modes"), (("ring", 0), ValueError, "n"),
+@pytest.mark.parametrize("args, error, match", [(("moons", 5), ValueError, "two_modes"), ((["ring"], 5), ValueError, "two_modes"),
+                                                (("ring", 0), ValueError, "n"),
                                                 (("ring", 5, 3), TypeError, "generator")])
 def test_toy_2d_rejects_bad_arguments(args, error, match):
     with pytest.raises(error, match=match):

@@ -116,6 +116,12 @@ def test_toy_2d_runs_under_torchrun_with_two_processes(tmp_path):
     assert_pngs(tmp_path, ["samples.png", "score_field.png", "loss.png"])
 
 
+def test_an_unknown_device_name_stops_an_example_with_a_message(tmp_path):
+    cmd = [sys.executable, str(EXAMPLES / "toy_2d.py"), "--quick", "--no-progress", "--device", "gpu", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 1 and "--device must name a torch device such as cpu, cuda or cuda:1, got 'gpu'" in proc.stderr
+
+
 def test_an_example_exits_with_status_1_and_says_why_when_the_loss_diverges(tmp_path):
     cmd = [sys.executable, str(EXAMPLES / "toy_2d.py"), "--quick", "--no-progress", "--lr", "1e30", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)

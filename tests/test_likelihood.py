@@ -470,6 +470,8 @@ BAD_LIKELIHOOD = [
     (dict(score_fn=1), TypeError, "score_fn"),
     (dict(sde="VP"), TypeError, "sde must be"),
     (dict(tolerance=1e-3), TypeError, "tolerance"),
+    (dict(x=torch.zeros(2, 2, dtype=torch.bfloat16)), TypeError, r"x has dtype torch.bfloat16, but an exact log-likelihood"),
+    (dict(x=torch.zeros(2, 2, dtype=torch.float16)), TypeError, r"x has dtype torch.float16, but an exact log-likelihood"),
 ]
 
 
@@ -498,6 +500,7 @@ BAD_BPD = [
     (dict(data_range=(-1.0, 0.0, 1.0)), TypeError, "pair"),
     (dict(data_range=(torch.zeros(4), 1.0)), ValueError, "broadcast"),
     (dict(dtype=torch.long), TypeError, "dtype"),
+    (dict(dtype=torch.bfloat16), TypeError, "dtype must be float32 or float64"),
     (dict(generator="seed"), TypeError, "generator"),
     (dict(n_dequantization=2), TypeError, "n_dequantization"),
     (dict(trace="none"), ValueError, "trace must be one of"),

@@ -347,6 +347,16 @@ def test_bad_input_raises_clear_errors():
         ncsn_loss(ncsn, x0, [1.0, 0.5, 0.1], labels=torch.zeros(3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("loss", [ism_loss, ssm_loss], ids=["ism", "ssm"])
+def test_score_matching_with_a_trace_refuses_inference_mode(loss):
+    """Under inference mode enable_grad() has no effect: the trace term would silently be 0."""
+    x = torch.randn(5, 3, dtype=F64)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=f"{loss.__name__} cannot run under torch.inference_mode"):
+        loss(lambda y: -y, x)
+    with torch.no_grad():  # a value without a graph: the same number as with grad
+        torch.testing.assert_close(ism_loss(lambda y: -y, x), ism_loss(lambda y: -y, x).detach())
+
+
 def test_a_custom_weighting_must_return_one_value_per_sample():
     # (B, 1) would broadcast the per-sample loss to (B, B): reduce='mean' then gives mean(w) mean(loss).
     sde, x0 = sds.VPSDE(), torch.randn(4, 2, dtype=F64)

@@ -142,6 +142,7 @@ def test_score_mlp_output_depends_on_t():
         (torch.randn(4, 3), torch.rand(4), ValueError, r"shape \(B, 2\)"),
         (torch.randn(4, 2), torch.rand(3), ValueError, r"t must have shape \(4,\)"),
         (torch.randn(4, 2).double(), torch.rand(4), TypeError, "dtype"),
+        (torch.zeros(4, 2, dtype=torch.long), torch.rand(4), TypeError, r"x must be a floating tensor, got dtype torch.int64; pass x.to\(torch.float32\)"),
     ],
 )
 def test_score_mlp_rejects_bad_input(x, t, error, match):

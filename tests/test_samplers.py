@@ -214,6 +214,55 @@ def test_langevin_corrector_step_is_the_signal_to_noise_rule():
         torch.testing.assert_close(got_x, x + step * s + math.sqrt(2 * step) * z, rtol=1e-12, atol=1e-12)
 
 
+def test_srk_makes_one_score_evaluation_per_stage_and_the_same_solve():
+    """torchsde's SRK re-evaluates the drift of every earlier stage in each later one (10 calls for 4 stage states);
+    within `sample` the repeats are answered from the memo: 4 evaluations a step, and the very solve that
+    torchsde.sdeint makes on the same Brownian path without a memo."""
+    sde = sds.VPSDE()
+    x_T = _law_at_T_samples(sde, 16, 4)
+
+    def bm():
+        return torchsde.BrownianInterval(t0=0.0, t1=sde.T - EPS, size=tuple(x_T.shape), dtype=x_T.dtype, entropy=5,
+                                         levy_area_approximation="space-time")
+
+    rsde = sde.reverse(TARGET.score_fn(sde))
+    r = rsde.sample(x_T, steps=7, method="srk", eps=EPS, bm=bm())
+    assert r.nfe == 4 * 7
+    calls = []
+    counted = sde.reverse(lambda x, t: calls.append(1) or TARGET.score_fn(sde)(x, t))
+    ts = torch.tensor([0.0, sde.T - EPS], dtype=torch.float64)
+    direct = torchsde.sdeint(counted, x_T, ts, bm=bm(), method="srk", dt=(sde.T - EPS) / 7 * (1 + 1e-9))[-1]
+    assert len(calls) >= 10 * 7  # without the memo: 10 drift calls a step, and torchsde's probes
+    torch.testing.assert_close(r.x, direct, rtol=0, atol=0)
+
+
+def test_reverse_sde_samples_under_inference_mode():
+    sde = sds.VPSDE()
+    x_T = _law_at_T_samples(sde, 8, 6)
+    run = lambda: sde.reverse(TARGET.score_fn(sde)).sample(x_T, steps=10, generator=torch.Generator().manual_seed(2))  # noqa: E731
+    with torch.inference_mode():
+        inside = run()
+    outside = run()
+    assert inside.nfe == outside.nfe == 10
+    torch.testing.assert_close(inside.x, outside.x, rtol=0, atol=0)
+
+
+def test_langevin_corrector_takes_no_step_for_a_score_that_is_zero_on_the_batch():
+    """The signal-to-noise rule divides by the score's norm: a zero score (a freshly initialised eps-network's
+    output) gets step size 0, so x is left as it is instead of turning into inf * 0 = NaN."""
+    from sdescore._score import CheckedScore
+    from sdescore.samplers import LangevinCorrector
+
+    sde = sds.VPSDE()
+    x = torch.randn(8, 2, dtype=torch.float64)
+    t = torch.full((8,), 0.5, dtype=torch.float64)
+    got_x, got_mean = LangevinCorrector().step(sde, CheckedScore(lambda x, t: torch.zeros_like(x)), x, t, 0.01, 2,
+                                               0.16, torch.Generator().manual_seed(0))
+    assert torch.equal(got_x, x) and torch.equal(got_mean, x)
+    r = sds.pc_sample(sde, lambda x, t: torch.zeros_like(x), None, x_T=x, steps=50, corrector="langevin")
+    assert bool(torch.isfinite(r.x).all())
+
+
 def test_a_reverse_sde_reused_across_solves_reads_the_current_model():
     """sde.reverse(score) handed to torchsde.sdeint twice from the same y0 uses the score as it is at each solve
     (no drift remembered from the last solve, nor from before an in-place change of y0)."""
@@ -370,6 +419,16 @@ def test_score_output_is_checked():
         (lambda sde, s, x: sds.pc_sample(sde, s, 5), TypeError, "shape must be a sequence"),
         (lambda sde, s, x: sds.pc_sample(sde, s, (4, 2.0)), TypeError, "shape must hold integers"),
         (lambda sde, s, x: sds.adaptive_ode_sample(sde, s, x, method="rk4"), ValueError, "takes an adaptive torchdiffeq method"),
+        (lambda sde, s, x: sde.probability_flow(s).sample(x, method="euler", steps=3, rtol=-1.0), ValueError, "rtol must be > 0"),
+        (lambda sde, s, x: sde.probability_flow(s).sample(x.half()), TypeError,
+         r"x_T has dtype torch.float16, but the adaptive method 'tsit5' needs float32 or float64"),
+        (lambda sde, s, x: sde.probability_flow(s).encode(x.bfloat16(), method="dopri5"), TypeError,
+         r"x0 has dtype torch.bfloat16, but the adaptive method 'dopri5' needs float32"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, bm=3), TypeError, "bm must be a torchsde Brownian motion"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, bm=torchsde.BrownianInterval(t0=0.0, t1=0.999, size=(4, 3), dtype=x.dtype)),
+         ValueError, r"bm must have the shape \(B, D\) = \(4, 2\)"),
+        (lambda sde, s, x: sde.reverse(s).sample(x, bm=torchsde.BrownianInterval(t0=0.0, t1=0.5, size=(4, 2), dtype=x.dtype)),
+         ValueError, r"bm covers the solver times \[0.0, 0.5\], but the solve runs over \[0, T - eps\] = \[0, 0.999\]"),
     ],
 )
 def test_bad_sampler_arguments_are_rejected(call, error, match):

@@ -129,6 +129,23 @@ def test_prior_logp_is_the_gaussian_density(sde):
     torch.testing.assert_close(sde.prior_logp(z), torch.from_numpy(expected), rtol=1e-12, atol=1e-12)
 
 
+def test_prior_logp_of_half_precision_is_computed_in_float32(sde):
+    """A sum of 3072 squares at the VE prior's scale overflows float16; the density comes back in float32."""
+    z = sde.prior_sampling((3, 3, 32, 32), generator=torch.Generator().manual_seed(1)).half()
+    for half in (z, z.bfloat16()):
+        got = sde.prior_logp(half)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, sde.prior_logp(half.float()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [sds.VPSDE, sds.SubVPSDE])
+def test_t_from_log_snr_is_zero_at_time_zero_without_beta_min(make):
+    sde = make(beta_min=0.0)
+    t = torch.tensor([0.0, 1e-6, 0.5, 1.0], dtype=torch.float64)
+    back = sde.t_from_log_snr(sde.log_snr(t))
+    torch.testing.assert_close(back, t, rtol=1e-9, atol=0)
+
+
 def test_prior_sampling_has_the_prior_std(sde):
     z = sde.prior_sampling((200_000, 1), generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     # the sample std's standard error is std / sqrt(2n); 5 of them
@@ -203,6 +220,10 @@ def test_perturb_discretize_and_prior_sampling_check_their_arguments(sde):
             sde.discretize(x, t, dt=dt)
     with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
         sde.prior_sampling((3, 2), dtype=torch.int64)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        sde.prior_sampling((3, 2), generator=3)
+    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+        sde.perturb(x, t, generator=3)
     assert sde.prior_sampling(np.array([3, 2])).shape == (3, 2)
 
 

@@ -340,7 +340,7 @@ def test_train_rejects_a_loss_that_is_not_a_scalar():
 
 def test_train_rejects_unknown_keyword():
     with pytest.raises(TypeError):
-        train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=16, n_steps=1, epochs=3)
+        train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=problem.BATCH, n_steps=1, epochs=3)
 
 
 @pytest.mark.slow
@@ -405,3 +405,85 @@ def test_setup_on_the_cpu_chooses_the_cpu_and_rejects_an_unknown_device(single_p
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             setup_distributed("cuda")
+
+
+# ------------------------------------------------------------------------------------------ damaged or foreign files
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("echo payload ran > payload.txt",))
+
+
+def _flip_bytes_in_tensor_record(src: Path, dst: Path) -> None:
+    import zipfile
+
+    data = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as archive:
+        info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
+    # the local header's name and extra-field lengths (torch pads the extra field to align the data)
+    name_len, extra_len = int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little"), int.from_bytes(
+        data[info.header_offset + 28:info.header_offset + 30], "little")
+    start = info.header_offset + 30 + name_len + extra_len + 16
+    data[start:start + 8] = bytes(255 - b for b in data[start:start + 8])
+    dst.write_bytes(bytes(data))
+
+
+def test_load_checkpoint_refuses_a_flipped_byte_that_torch_load_would_accept(tmp_path):
+    good = save_checkpoint({"w": torch.arange(64.0)}, tmp_path / "good.pt")
+    _flip_bytes_in_tensor_record(good, tmp_path / "bad.pt")
+    loaded = torch.load(tmp_path / "bad.pt", weights_only=True)  # torch.load alone reads wrong weights silently
+    assert not torch.equal(loaded["w"], torch.arange(64.0))
+    with pytest.raises(ValueError, match=r"bad\.pt.*record 'archive/data/0'.*CRC-32"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_resume_from_a_damaged_checkpoint_stops_before_training(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    problem.run(str(ckpt), 2)
+    _flip_bytes_in_tensor_record(ckpt, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match="CRC-32"):
+        problem.run(str(ckpt), 4)
+    assert ckpt.read_bytes() == before  # the damage was not saved over with a fresh CRC
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world", b"PK\x03\x04 truncated"], ids=["empty", "text", "truncated zip"])
+def test_load_checkpoint_names_an_unreadable_file(tmp_path, content):
+    path = tmp_path / "c.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"c\.pt is not a readable checkpoint.*resume=False"):
+        load_checkpoint(path)
+
+
+def test_load_checkpoint_refuses_a_pickled_payload_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": _Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"evil\.pt holds an object that torch\.load\(weights_only=True\) refuses \(.*GLOBAL posix\.system"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "payload.txt").exists()
+
+
+def test_resume_refuses_a_dict_that_is_not_a_train_checkpoint(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    save_checkpoint({"seed": problem.SEED, "batch_size": problem.BATCH, "n_examples": problem.N_EXAMPLES, "model": {}}, ckpt)
+    state = dict(load_checkpoint(ckpt))
+    with pytest.raises(ValueError, match=r"lacks the entries \['ema', 'losses', 'optimizer', 'step'\]"):
+        problem.run(str(ckpt), 2)
+    assert load_checkpoint(ckpt).keys() == state.keys()
+
+
+@pytest.mark.parametrize("where", ["directory", "under a file"])
+def test_train_refuses_an_unwritable_checkpoint_path_before_the_first_step(tmp_path, where):
+    path = tmp_path if where == "directory" else tmp_path / "file.pt" / "c.pt"
+    (tmp_path / "file.pt").write_bytes(b"")
+    steps = []
+    with pytest.raises(ValueError, match="is a directory" if where == "directory" else "which is a file"):
+        train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=problem.BATCH, n_steps=3,
+              checkpoint_path=path, progress=False, callback=steps.append)
+    assert steps == []
+
+
+def test_train_refuses_cuda_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=problem.BATCH, n_steps=1,
+              device="cuda", progress=False)

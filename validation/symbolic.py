@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 t = sp.Symbol("t", nonnegative=True)
+"""The time symbol every schedule and kernel here is written in: build your own SDE's coefficients from it."""
 _u = sp.Symbol("u", nonnegative=True)
 
 

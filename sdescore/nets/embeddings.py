@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .._checks import check_int, check_real
 
-__all__ = ["GaussianFourierProjection", "SinusoidalEmbedding", "check_conditioning"]
+__all__ = ["GaussianFourierProjection", "SinusoidalEmbedding", "check_conditioning", "check_input_dtype"]
 
 
 def check_conditioning(t: object, batch: int | None = None, name: str = "t") -> Tensor:
@@ -30,6 +30,18 @@ def check_conditioning(t: object, batch: int | None = None, name: str = "t") -> 
             f"for one value shared by the batch use torch.full((B,), value)."
         )
     return t
+
+
+def check_input_dtype(x: Tensor, weight: Tensor) -> Tensor:
+    """x floating and in the dtype of the network's parameters (weight), or a TypeError that says which to convert."""
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating tensor, got dtype {x.dtype}; pass x.to({weight.dtype}).")
+    if x.dtype != weight.dtype:
+        raise TypeError(
+            f"x has dtype {x.dtype} but the network's parameters are {weight.dtype}; "
+            f"convert one of them, e.g. model.to({x.dtype}) or x.to({weight.dtype})."
+        )
+    return x
 
 
 def _log_positive(t: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .._checks import check_int, check_real
-from .embeddings import check_conditioning, make_embedding
+from .embeddings import check_conditioning, check_input_dtype, make_embedding
 
 __all__ = ["ScoreMLP"]
 
@@ -16,12 +16,7 @@ def check_vectors(x: object, dim: int, params: Tensor) -> Tensor:
         raise TypeError(f"x must be a torch.Tensor of shape (B, {dim}), got {type(x).__name__}.")
     if x.ndim != 2 or x.shape[1] != dim:
         raise ValueError(f"x must have shape (B, {dim}) for this network (dim={dim}), got shape {tuple(x.shape)}.")
-    if x.dtype != params.dtype:
-        raise TypeError(
-            f"x has dtype {x.dtype} but the network's parameters are {params.dtype}; "
-            f"convert one of them, e.g. model.to({x.dtype}) or x.to({params.dtype})."
-        )
-    return x
+    return check_input_dtype(x, params)
 
 
 class ScoreMLP(nn.Module):

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._checks import check_int, check_real
-from .embeddings import check_conditioning, make_embedding
+from .embeddings import check_conditioning, check_input_dtype, make_embedding
 
 __all__ = ["NCSNUNet", "DDPMUNet"]
 
@@ -188,12 +188,7 @@ class _UNet(nn.Module):
                 f"x has spatial size {H}x{W}, but with len(channel_mults)={self.n_down + 1} levels H and W must be "
                 f"positive multiples of 2^{self.n_down} = {factor}; pad the images or use fewer channel_mults."
             )
-        if x.dtype != self.conv_in.weight.dtype:
-            raise TypeError(
-                f"x has dtype {x.dtype} but the network's parameters are {self.conv_in.weight.dtype}; "
-                f"convert one of them, e.g. model.to({x.dtype}) or x.to({self.conv_in.weight.dtype})."
-            )
-        return x
+        return check_input_dtype(x, self.conv_in.weight)
 
     def backbone(self, x: Tensor, t: Tensor) -> Tensor:
         temb = self.embed(t.to(x.dtype))

@@ -9,7 +9,9 @@ either the previous checkpoint or the new one, never a partial file under the ch
 from __future__ import annotations
 
 import os
+import pickle
 import secrets
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -107,16 +109,43 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> dict:
-    """Read a checkpoint with torch.load(path, weights_only=True) (no arbitrary unpickling).
+    """Read a checkpoint with torch.load(path, weights_only=True) (no arbitrary unpickling), its records' CRC-32 checked.
+
+    A damaged, truncated or foreign file raises ValueError naming it, and so does one holding an object outside
+    the weights-only allowlist (never constructed: a pickled payload cannot run).
 
     Args:
         path: a file written by `save_checkpoint`.
         map_location: device to load the tensors onto (default: where they were saved).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist.")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} is not a regular file (a directory?); pass the checkpoint file's path.")
+    damaged = f"{path} is not a readable checkpoint"
+    remedy = "the file is damaged or not a torch.save file; delete it, restore a copy, or train with resume=False"
+    # torch.load does not verify the CRC-32 of the zip records torch.save writes: a flipped byte in a tensor
+    # record would load as wrong weights and be saved again with a fresh CRC. Check every record first.
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{damaged} ({e}): {remedy}.") from e
+        if bad is not None:
+            raise ValueError(f"{damaged}: its record {bad!r} fails its CRC-32 check; {remedy}.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        detail = next((ln.strip() for ln in str(e).splitlines() if "nsupported" in ln), str(e).splitlines()[0])
+        raise ValueError(
+            f"{path} holds an object that torch.load(weights_only=True) refuses ({detail}); it was not constructed. "
+            "save_checkpoint never writes one: the file comes from elsewhere. Do not load it with weights_only=False "
+            "unless you trust its source, since unpickling can run arbitrary code."
+        ) from e
+    except (OSError, EOFError, KeyError, IndexError, RuntimeError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{damaged} ({type(e).__name__}: {e}): {remedy}.") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict.")
     return state

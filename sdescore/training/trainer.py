@@ -125,6 +125,26 @@ def _fetch(data: Tensor | Dataset, idx: Tensor) -> Tensor:
     return torch.stack(items)
 
 
+_CHECKPOINT_KEYS = frozenset({"step", "model", "ema", "optimizer", "losses"})
+
+
+def _check_checkpoint_path(path: object) -> None:
+    """Refuse, before any training, a checkpoint path that no checkpoint can be written to: a directory, or a file
+    under a path component that is not a directory (the error would otherwise come at the first checkpoint)."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"checkpoint_path must be a path (str or Path) or None, got {type(path).__name__}.")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"checkpoint_path={str(path)!r} is a directory; name the checkpoint file, e.g. {str(path / 'checkpoint.pt')!r}.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(
+                    f"checkpoint_path={str(path)!r} lies under {str(parent)!r}, which is a file, not a directory."
+                )
+            break
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     info = current_distributed()
     if device is None:
@@ -133,6 +153,8 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
         device = torch.device(device)
     except (TypeError, RuntimeError) as e:
         raise ValueError(f"device must name a torch device such as 'cpu' or 'cuda', got {device!r}.") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available in this torch build or machine; pass device='cpu'.")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", info.local_rank)
     return device
@@ -239,8 +261,8 @@ def train(
     seed = check_int("seed", seed, minimum=0)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
     log_every = check_int("log_every", log_every, minimum=1)
-    if checkpoint_path is not None and not isinstance(checkpoint_path, (str, Path)):
-        raise TypeError(f"checkpoint_path must be a path (str or Path) or None, got {type(checkpoint_path).__name__}.")
+    if checkpoint_path is not None:
+        _check_checkpoint_path(checkpoint_path)
 
     info = current_distributed()
     rank, world = info.rank, info.world_size
@@ -266,6 +288,12 @@ def train(
                     f"checkpoint {checkpoint_path} was written with {key}={state.get(key)!r} but this run has "
                     f"{key}={want!r}; resuming would not continue that run. Use the same settings or resume=False."
                 )
+        missing = sorted(_CHECKPOINT_KEYS - set(state))
+        if missing:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} lacks the entries {missing} that train writes; it is not a checkpoint of "
+                "sdescore.train. Pass another checkpoint_path or resume=False."
+            )
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])  # Adam's moments and step counts
