@@ -679,7 +679,8 @@ def adaptive_sde_sample(
             )
         accept = E <= 1.0
         # accepted: x'' (and x' becomes x'_prev); rejected samples keep their state
-        x_new = torch.lerp(x1, xt, 0.5)  # out of place: autograd may need x1 (the score's input)
+        # out of place where autograd records: it may need x1, the score's input
+        x_new = torch.lerp(x1, xt, 0.5) if x1.requires_grad else x1.lerp_(xt, 0.5)
         rejected = np.flatnonzero(~accept)
         if rejected.size:  # copy their rows back (cheaper than a whole-batch where while rejections are few)
             rows_back = _on(rejected, x)
