@@ -593,6 +593,124 @@ def _pc_sampler(ctx: Context) -> None:
             _sample_rows(ctx, name, sde, target, x, f"PC {predictor}+{corrector}, {steps} steps")
 
 
+# ---------------------------------------------------------------------- samplers as exact linear chains
+CHAIN_D, CHAIN_C = 64, 0.25  # a centered isotropic Gaussian N(0, c I) in 64 dimensions
+
+
+class _RecordingLangevin:
+    """sdescore's Langevin corrector (one step per time), recording its realised step size epsilon: x_mean = x + epsilon s,
+    so epsilon = <x_mean - x, s> / ||s||^2 over the whole batch (the rule's batch-mean norms make it one number)."""
+
+    def __init__(self) -> None:
+        self.inner = sdescore.samplers.CORRECTORS["langevin"]
+        self.epsilons: list[float] = []
+
+    def evals(self, n_steps: int) -> int:
+        return self.inner.evals(n_steps)
+
+    def step(self, sde, score, x, t, h, n_steps, snr, generator):
+        seen = []
+
+        def recording(y, tt):
+            s = score(y, tt)
+            seen.append(s)
+            return s
+
+        x_new, x_mean = self.inner.step(sde, recording, x, t, h, n_steps, snr, generator)
+        (s,) = seen
+        self.epsilons.append(float(((x_mean - x) * s).sum() / s.pow(2).sum()))
+        return x_new, x_mean
+
+
+def _isotropic_score(sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
+    """The exact score of N(0, CHAIN_C I) diffused by sde: -x / (alpha(t)^2 c + std(t)^2), for x of shape (B, d)."""
+
+    def score(x: Tensor, t: Tensor) -> Tensor:
+        alpha, std = sde.kernel(t.to(torch.float64))
+        return x / -(alpha**2 * CHAIN_C + std**2).to(x.dtype)[:, None]
+
+    return score
+
+
+@register("sampler_chains", quick=True, needs=("pc_sample",))
+def _sampler_chains(ctx: Context) -> None:
+    """On N(0, c I) the score is linear, -x / V(t) with V = alpha^2 c + std^2, so every predictor, the Langevin
+    corrector and the reverse SDE's Euler step are linear chains x <- A x + B z with an exact variance recursion
+    v <- A^2 v + B^2, from each method's formula in its paper: the samples' second moment must match it. (The
+    corrector's step size comes from batch norms: its realised value is read back, and the recursion uses it.) A score
+    scaled by 0.98 or 1.02 moved |z| to 4.0-8.5 in the PC rows and to 7.9-12 in the reverse SDE's (quick mode),
+    where the law tests of `pc_sampler` and `reverse_sde` pass a 10 % error."""
+    steps = ctx.pick(100, 200)
+    combos = ctx.pick(
+        (("reverse_diffusion", "langevin"),),
+        tuple((p, c) for p in ("euler_maruyama", "reverse_diffusion", "ancestral_sampling") for c in ("none", "langevin")),
+    )
+    B = 2048
+    n = B * CHAIN_D
+    for name, sde in _sdes(ctx):
+        score = _isotropic_score(sde)
+
+        def V(t: float) -> float:
+            alpha, std = sde.kernel(torch.tensor([t], dtype=f64))
+            return float(alpha) ** 2 * CHAIN_C + float(std) ** 2
+
+        def coefficients(t: float) -> tuple[float, float]:  # a(t) of the drift a x, and g(t)
+            ones = torch.ones(1, 1, dtype=f64)
+            tt = torch.tensor([t], dtype=f64)
+            return float(sde.f(ones, tt)), float(sde.g(tt))
+
+        def em(t: float, h: float) -> tuple[float, float]:  # x - [f - g^2 s] h + g sqrt(h) z (Song et al. 2021, eq. 6)
+            a, g = coefficients(t)
+            return 1.0 - (a + g * g / V(t)) * h, g * g * h
+
+        def reverse_diffusion(t: float, h: float) -> tuple[float, float]:  # x - f_i + G_i^2 s + G_i z (eq. 46)
+            f_i, G_i = sde.discretize(torch.ones(1, 1, dtype=f64), torch.tensor([t], dtype=f64), dt=h)
+            G2 = float(G_i) ** 2
+            return 1.0 - float(f_i) - G2 / V(t), G2
+
+        def ancestral(t: float, h: float) -> tuple[float, float]:  # posterior q(x_s | x_t, Tweedie's x0) of the chain
+            (at, st), (as_, ss) = [tuple(float(v) for v in sde.kernel(torch.tensor([u], dtype=f64))) for u in (t, t - h)]
+            a = at / as_
+            b2 = st * st - a * a * ss * ss
+            return (1.0 - b2 / V(t)) / a, b2 * ss * ss / (st * st)
+
+        predictors = {"euler_maruyama": em, "reverse_diffusion": reverse_diffusion, "ancestral_sampling": ancestral}
+
+        def moment_rows(x: Tensor, v: float, what: str) -> None:
+            z = (float(x.pow(2).mean()) - v) / (v * math.sqrt(2.0 / n))
+            ctx.at_most(name, f"{what}: second moment vs exact chain variance (|z|)", abs(z), Z_MAX,
+                        f"d={CHAIN_D}, c={CHAIN_C}, n={B}; exact v={v:.5g}")
+
+        grid = torch.linspace(sde.T, EPS, steps + 1, dtype=f64).tolist()
+        for predictor, corrector in combos:
+            gen = ctx.generator(name, "chain", predictor, corrector)
+            x_T = math.sqrt(V(sde.T)) * torch.randn(B, CHAIN_D, generator=gen)  # float32: the chain, not rounding
+            recorder = _RecordingLangevin() if corrector == "langevin" else "none"
+            x = sdescore.pc_sample(sde, score, None, x_T=x_T, predictor=predictor, corrector=recorder, steps=steps,
+                                   eps=EPS, generator=gen).x
+            v = V(sde.T)
+            for i in range(steps):
+                t, h = grid[i], grid[i] - grid[i + 1]
+                if corrector == "langevin":  # x + eps s + sqrt(2 eps) z at t (Song et al. 2021, algorithm 5)
+                    e = recorder.epsilons[i]
+                    v = (1.0 - e / V(t)) ** 2 * v + 2.0 * e
+                A, B2 = predictors[predictor](t, h)
+                v = A * A * v + (B2 if i < steps - 1 else 0.0)  # denoise: the last step adds no noise
+            moment_rows(x, v, f"PC {predictor}+{corrector}, {steps} steps")
+        # the reverse SDE through torchsde's Euler-Maruyama: the same chain in solver time s = T - t, noise every step
+        gen = ctx.generator(name, "chain", "torchsde")
+        x_T = math.sqrt(V(sde.T)) * torch.randn(B, CHAIN_D, generator=gen)  # float32: the chain, not rounding
+        x = sde.reverse(score).sample(x_T, steps=steps, method="euler", eps=EPS, generator=gen).x
+        s_end = sde.T - EPS
+        dt = s_end / steps * (1.0 + 1e-9)  # the step `sample` hands torchsde; the last one is clipped to s_end
+        v, s = V(sde.T), 0.0
+        for i in range(steps):
+            h = dt if i < steps - 1 else s_end - s
+            A, B2 = em(sde.T - s, h)
+            v, s = A * A * v + B2, s + h
+        moment_rows(x, v, f"reverse SDE, torchsde euler, {steps} steps")
+
+
 @register("probability_flow", quick=True)
 def _probability_flow(ctx: Context) -> None:
     """Probability-flow ODE: samples follow p_eps, encodings follow p_T, decode(encode(x)) = x, and the Gaussian's closed form."""
