@@ -167,8 +167,8 @@ def check_not_half(name: str, x: Tensor, why: str) -> Tensor:
     """x unless it is in half precision (float16 or bfloat16), which `why` cannot resolve: TypeError naming it."""
     if x.dtype in HALF_DTYPES:
         raise TypeError(
-            f"{name} has dtype {x.dtype}, but {why}; pass {name}.float() (a half-precision network still runs in "
-            "half precision under torch.autocast)."
+            f"{name} has dtype {x.dtype}, but {why}; pass {name}.float() (to compute the network in half precision, "
+            "keep its weights in float32 and call it under torch.autocast)."
         )
     return x
 

@@ -302,8 +302,9 @@ def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "
     """Implicit score matching E[tr(grad_x s(x)) + ||s(x)||^2 / 2] with the exact trace (Hyvärinen 2005, eq. 4).
 
     Equals E||s - grad log p||^2 / 2 minus the constant E||grad log p||^2 / 2, without knowing p. The trace costs
-    D backward passes (D = number of dimensions): use it for small D, `ssm_loss` otherwise. The loss keeps its
-    graph (create_graph), so it can be minimised; score_fn must treat the samples of a batch independently.
+    D backward passes (D = number of dimensions): use it for small D, `ssm_loss` otherwise. With grad enabled the
+    loss keeps its graph (create_graph), so it can be minimised; under torch.no_grad() it is the value alone.
+    score_fn must treat the samples of a batch independently.
 
     Args:
         score_fn: score(x) of x alone, x (B, *dims); for a model at a fixed time pass `lambda x: model(x, t)`.
@@ -314,16 +315,18 @@ def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "
     check_callable("score_fn", score_fn, "score_fn(x)")
     x = check_data("x", x)
     _refuse_inference_mode("ism_loss")
+    graph = torch.is_grad_enabled()  # under no_grad: the value alone, its x-derivatives taken without a graph
     with torch.enable_grad():  # the loss is made of x-derivatives, whatever the caller's grad mode
-        x = x.detach().requires_grad_(True)
+        x = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
         s = _evaluate(score_fn, x, name="score_fn").flatten(1)
         trace = torch.zeros(x.shape[0], dtype=s.dtype, device=s.device)
         if s.requires_grad:
             for i in range(s.shape[1]):
-                (row,) = torch.autograd.grad(s[:, i].sum(), x, create_graph=True, allow_unused=True)
+                (row,) = torch.autograd.grad(s[:, i].sum(), x, create_graph=graph, retain_graph=True, allow_unused=True)
                 if row is not None:
                     trace = trace + row.flatten(1)[:, i]
-        return reduction(trace + 0.5 * s.pow(2).sum(1))
+        loss = reduction(trace + 0.5 * s.pow(2).sum(1))
+    return loss if graph else loss.detach()
 
 
 def ssm_loss(
@@ -363,6 +366,7 @@ def ssm_loss(
     M = check_int("n_projections", n_projections, minimum=1)
     x = check_data("x", x)
     _refuse_inference_mode("ssm_loss")
+    graph = torch.is_grad_enabled()  # under no_grad: the value alone, its x-derivatives taken without a graph
     generator = check_generator(generator, x.device)
     B = x.shape[0]
     shape = (M * B, *x.shape[1:])
@@ -375,17 +379,18 @@ def ssm_loss(
         )
     v = v.reshape(M, *x.shape)
     with torch.enable_grad():
-        x = x.detach().requires_grad_(True)
+        x = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
         s = _evaluate(score_fn, x, name="score_fn")
         sv = (s * v).flatten(2).sum(2)  # (M, B): s broadcast over the M projections
 
         def vJv(m: int) -> Tensor:  # v_m^T (d s / d x) v_m, one backward pass through the shared evaluation
-            (Jv,) = torch.autograd.grad(sv[m].sum(), x, create_graph=True, allow_unused=True)
+            (Jv,) = torch.autograd.grad(sv[m].sum(), x, create_graph=graph, retain_graph=True, allow_unused=True)
             return (Jv * v[m]).flatten(1).sum(1) if Jv is not None else torch.zeros_like(sv[m])
 
         first = torch.stack([vJv(m) for m in range(M)]).mean(0) if s.requires_grad else torch.zeros_like(sv[0])
         last = 0.5 * _sum_sq(s) if variance_reduction else (0.5 * sv * sv).mean(0)
-        return reduction(first + last)
+        loss = reduction(first + last)
+    return loss if graph else loss.detach()
 
 
 # ---------------------------------------------------------------------------------------------- NCSN

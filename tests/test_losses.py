@@ -353,8 +353,25 @@ def test_score_matching_with_a_trace_refuses_inference_mode(loss):
     x = torch.randn(5, 3, dtype=F64)
     with torch.inference_mode(), pytest.raises(RuntimeError, match=f"{loss.__name__} cannot run under torch.inference_mode"):
         loss(lambda y: -y, x)
-    with torch.no_grad():  # a value without a graph: the same number as with grad
-        torch.testing.assert_close(ism_loss(lambda y: -y, x), ism_loss(lambda y: -y, x).detach())
+
+
+
+@pytest.mark.parametrize("loss", [ism_loss, ssm_loss], ids=["ism", "ssm"])
+def test_score_matching_under_no_grad_is_the_value_without_a_graph(loss):
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    x = torch.randn(6, 3, dtype=F64, generator=gen(4))
+    kwargs = {"generator": gen(5)} if loss is ssm_loss else {}
+    with_graph = loss(net, x, **kwargs)
+    assert with_graph.requires_grad
+    kwargs = {"generator": gen(5)} if loss is ssm_loss else {}
+    with torch.no_grad():
+        value = loss(net, x, **kwargs)
+    assert not value.requires_grad
+    torch.testing.assert_close(value, with_graph.detach(), rtol=1e-14, atol=0)
+    with torch.inference_mode():
+        made_there = torch.randn(6, 3, dtype=F64, generator=gen(4))  # an inference tensor, used outside the mode
+    kwargs = {"generator": gen(5)} if loss is ssm_loss else {}
+    torch.testing.assert_close(loss(net, made_there, **kwargs), with_graph, rtol=1e-14, atol=0)
 
 
 def test_a_custom_weighting_must_return_one_value_per_sample():

@@ -7,6 +7,7 @@ import collections
 import enum
 import os
 import pickle
+import re
 import stat
 import subprocess
 import sys
@@ -446,12 +447,20 @@ def test_resume_from_a_damaged_checkpoint_stops_before_training(tmp_path):
     assert ckpt.read_bytes() == before  # the damage was not saved over with a fresh CRC
 
 
-@pytest.mark.parametrize("content", [b"", b"hello world", b"PK\x03\x04 truncated"], ids=["empty", "text", "truncated zip"])
+@pytest.mark.parametrize("content", [b"", b"hello world", b"PK\x03\x04 truncated", b"\x80\x02}q\x00(X"],
+                         ids=["empty", "text", "truncated zip", "truncated pickle"])
 def test_load_checkpoint_names_an_unreadable_file(tmp_path, content):
     path = tmp_path / "c.pt"
     path.write_bytes(content)
     with pytest.raises(ValueError, match=r"c\.pt is not a readable checkpoint.*resume=False"):
         load_checkpoint(path)
+
+
+def test_a_device_error_of_an_intact_checkpoint_is_not_called_damage(tmp_path):
+    path = save_checkpoint({"w": torch.ones(3)}, tmp_path / "c.pt")
+    with pytest.raises(RuntimeError) as info:
+        load_checkpoint(path, map_location="cpuu")  # a misspelt device: torch's own error, not "damaged"
+    assert not isinstance(info.value, ValueError) and "not a readable checkpoint" not in str(info.value)
 
 
 def test_load_checkpoint_refuses_a_pickled_payload_without_running_it(tmp_path, monkeypatch):
@@ -462,11 +471,15 @@ def test_load_checkpoint_refuses_a_pickled_payload_without_running_it(tmp_path, 
     assert not (tmp_path / "payload.txt").exists()
 
 
-def test_resume_refuses_a_dict_that_is_not_a_train_checkpoint(tmp_path):
+@pytest.mark.parametrize("settings", [True, False], ids=["with the run's settings", "a bare state dict"])
+def test_resume_refuses_a_dict_that_is_not_a_train_checkpoint(tmp_path, settings):
     ckpt = tmp_path / "ckpt.pt"
-    save_checkpoint({"seed": problem.SEED, "batch_size": problem.BATCH, "n_examples": problem.N_EXAMPLES, "model": {}}, ckpt)
+    run = {"seed": problem.SEED, "batch_size": problem.BATCH, "n_examples": problem.N_EXAMPLES} if settings else {}
+    save_checkpoint({**run, "model": problem.make_model().state_dict()}, ckpt)
     state = dict(load_checkpoint(ckpt))
-    with pytest.raises(ValueError, match=r"lacks the entries \['ema', 'losses', 'optimizer', 'step'\]"):
+    lacking = ["ema", "losses", "optimizer", "step"] if settings else ["batch_size", "ema", "losses", "n_examples",
+                                                                      "optimizer", "seed", "step"]
+    with pytest.raises(ValueError, match=re.escape(f"lacks the entries {lacking}")):
         problem.run(str(ckpt), 2)
     assert load_checkpoint(ckpt).keys() == state.keys()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import secrets
+import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -124,7 +125,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     if not path.is_file():
         raise ValueError(f"checkpoint {path} is not a regular file (a directory?); pass the checkpoint file's path.")
     damaged = f"{path} is not a readable checkpoint"
-    remedy = "the file is damaged or not a torch.save file; delete it, restore a copy, or train with resume=False"
+    remedy = "the file is damaged or not a torch.save file; restore a copy, or train with resume=False"
     # torch.load does not verify the CRC-32 of the zip records torch.save writes: a flipped byte in a tensor
     # record would load as wrong weights and be saved again with a fresh CRC. Check every record first.
     if zipfile.is_zipfile(path):
@@ -135,17 +136,25 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
             raise ValueError(f"{damaged} ({e}): {remedy}.") from e
         if bad is not None:
             raise ValueError(f"{damaged}: its record {bad!r} fails its CRC-32 check; {remedy}.")
+    # Only errors of the file's format are reported as a damaged file: a device or memory error of torch.load
+    # (a CUDA checkpoint on a CPU-only machine, a bad map_location) comes through as it is.
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = next((ln.strip() for ln in str(e).splitlines() if "nsupported" in ln), str(e).splitlines()[0])
+        refused = next((ln.strip() for ln in str(e).splitlines() if "unsupported GLOBAL" in ln), None)
+        if refused is None:  # the pickle stream itself is broken
+            raise ValueError(f"{damaged} (UnpicklingError: {str(e).splitlines()[0]}): {remedy}.") from e
         raise ValueError(
-            f"{path} holds an object that torch.load(weights_only=True) refuses ({detail}); it was not constructed. "
+            f"{path} holds an object that torch.load(weights_only=True) refuses ({refused}); it was not constructed. "
             "save_checkpoint never writes one: the file comes from elsewhere. Do not load it with weights_only=False "
             "unless you trust its source, since unpickling can run arbitrary code."
         ) from e
-    except (OSError, EOFError, KeyError, IndexError, RuntimeError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, KeyError, IndexError, struct.error, zipfile.BadZipFile) as e:
         raise ValueError(f"{damaged} ({type(e).__name__}: {e}): {remedy}.") from e
+    except RuntimeError as e:
+        if "PytorchStreamReader" not in str(e) and "magic number" not in str(e):
+            raise
+        raise ValueError(f"{damaged} ({type(e).__name__}: {str(e).splitlines()[0]}): {remedy}.") from e
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict.")
     return state

@@ -125,7 +125,7 @@ def _fetch(data: Tensor | Dataset, idx: Tensor) -> Tensor:
     return torch.stack(items)
 
 
-_CHECKPOINT_KEYS = frozenset({"step", "model", "ema", "optimizer", "losses"})
+_CHECKPOINT_KEYS = frozenset({"step", "seed", "batch_size", "n_examples", "model", "ema", "optimizer", "losses"})
 
 
 def _check_checkpoint_path(path: object) -> None:
@@ -282,18 +282,18 @@ def train(
     start, losses = 0, []
     if checkpoint_path is not None and resume and Path(checkpoint_path).is_file():
         state = load_checkpoint(checkpoint_path, map_location=device)
-        for key, want in (("seed", seed), ("batch_size", batch_size), ("n_examples", n_examples)):
-            if state.get(key) != want:
-                raise ValueError(
-                    f"checkpoint {checkpoint_path} was written with {key}={state.get(key)!r} but this run has "
-                    f"{key}={want!r}; resuming would not continue that run. Use the same settings or resume=False."
-                )
         missing = sorted(_CHECKPOINT_KEYS - set(state))
         if missing:
             raise ValueError(
                 f"checkpoint {checkpoint_path} lacks the entries {missing} that train writes; it is not a checkpoint of "
                 "sdescore.train. Pass another checkpoint_path or resume=False."
             )
+        for key, want in (("seed", seed), ("batch_size", batch_size), ("n_examples", n_examples)):
+            if state.get(key) != want:
+                raise ValueError(
+                    f"checkpoint {checkpoint_path} was written with {key}={state.get(key)!r} but this run has "
+                    f"{key}={want!r}; resuming would not continue that run. Use the same settings or resume=False."
+                )
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])  # Adam's moments and step counts
