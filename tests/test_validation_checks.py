@@ -44,7 +44,7 @@ def test_the_chain_check_fails_a_score_off_by_three_percent(monkeypatch, one_thr
     """sampler_chains compares with each method's exact variance recursion; the law tests of pc_sampler pass a
     score scaled by 0.9. A score scaled by 0.97 must fail it on every SDE (the expected |z| is 6 to 18)."""
     exact = V._isotropic_score
-    monkeypatch.setattr(V, "_isotropic_score", lambda sde: (lambda f: lambda x, t: 0.97 * f(x, t))(exact(sde)))
+    monkeypatch.setattr(V, "_isotropic_score", lambda sde, c: (lambda f: lambda x, t: 0.97 * f(x, t))(exact(sde, c)))
     rows = V.run_checks(["sampler_chains"], quick=True)
     assert {r.sde for r in rows if r.status == "FAIL"} == {"VE", "VP", "subVP"}, V.format_table(rows)
 

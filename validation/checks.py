@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import scipy.stats as sps
 import torch
 from torch import Tensor
 
@@ -594,7 +595,10 @@ def _pc_sampler(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------------- samplers as exact linear chains
-CHAIN_D, CHAIN_C = 64, 0.25  # a centered isotropic Gaussian N(0, c I) in 64 dimensions
+# N(0, c I) in 64 dimensions. The PC rows take a small c, where the last step's noise is 40 % of the final variance
+# (VP): a sampler that forgets denoise=True fails them. The reverse SDE, which adds noise at every step, keeps its
+# power to see a score error with the larger c.
+CHAIN_D, CHAIN_C_PC, CHAIN_C_SDE = 64, 1e-3, 0.25
 
 
 class _RecordingLangevin:
@@ -622,12 +626,12 @@ class _RecordingLangevin:
         return x_new, x_mean
 
 
-def _isotropic_score(sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
-    """The exact score of N(0, CHAIN_C I) diffused by sde: -x / (alpha(t)^2 c + std(t)^2), for x of shape (B, d)."""
+def _isotropic_score(sde: SDE, c: float) -> Callable[[Tensor, Tensor], Tensor]:
+    """The exact score of N(0, c I) diffused by sde: -x / (alpha(t)^2 c + std(t)^2), for x of shape (B, d)."""
 
     def score(x: Tensor, t: Tensor) -> Tensor:
         alpha, std = sde.kernel(t.to(torch.float64))
-        return x / -(alpha**2 * CHAIN_C + std**2).to(x.dtype)[:, None]
+        return x / -(alpha**2 * c + std**2).to(x.dtype)[:, None]
 
     return score
 
@@ -638,8 +642,9 @@ def _sampler_chains(ctx: Context) -> None:
     corrector and the reverse SDE's Euler step are linear chains x <- A x + B z with an exact variance recursion
     v <- A^2 v + B^2, from each method's formula in its paper: the samples' second moment must match it. (The
     corrector's step size comes from batch norms: its realised value is read back, and the recursion uses it.) A score
-    scaled by 0.98 or 1.02 moved |z| to 4.0-8.5 in the PC rows and to 7.9-12 in the reverse SDE's (quick mode),
-    where the law tests of `pc_sampler` and `reverse_sde` pass a 10 % error."""
+    scaled by 0.98 moved every row's |z| to 5.1 or more (full mode; the null's largest was 1.8 of 21 rows), where the
+    law tests of `pc_sampler` and `reverse_sde` pass a 10 % error; a PC sampler without its denoising step fails the
+    VP rows at |z| ~ 1e5."""
     steps = ctx.pick(100, 200)
     combos = ctx.pick(
         (("reverse_diffusion", "langevin"),),
@@ -648,11 +653,12 @@ def _sampler_chains(ctx: Context) -> None:
     B = 2048
     n = B * CHAIN_D
     for name, sde in _sdes(ctx):
-        score = _isotropic_score(sde)
+        c = CHAIN_C_PC
+        score = _isotropic_score(sde, c)
 
-        def V(t: float) -> float:
+        def V(t: float) -> float:  # of the c in force
             alpha, std = sde.kernel(torch.tensor([t], dtype=f64))
-            return float(alpha) ** 2 * CHAIN_C + float(std) ** 2
+            return float(alpha) ** 2 * c + float(std) ** 2
 
         def coefficients(t: float) -> tuple[float, float]:  # a(t) of the drift a x, and g(t)
             ones = torch.ones(1, 1, dtype=f64)
@@ -679,7 +685,7 @@ def _sampler_chains(ctx: Context) -> None:
         def moment_rows(x: Tensor, v: float, what: str) -> None:
             z = (float(x.pow(2).mean()) - v) / (v * math.sqrt(2.0 / n))
             ctx.at_most(name, f"{what}: second moment vs exact chain variance (|z|)", abs(z), Z_MAX,
-                        f"d={CHAIN_D}, c={CHAIN_C}, n={B}; exact v={v:.5g}")
+                        f"d={CHAIN_D}, c={c}, n={B}; exact v={v:.5g}")
 
         grid = torch.linspace(sde.T, EPS, steps + 1, dtype=f64).tolist()
         for predictor, corrector in combos:
@@ -698,6 +704,8 @@ def _sampler_chains(ctx: Context) -> None:
                 v = A * A * v + (B2 if i < steps - 1 else 0.0)  # denoise: the last step adds no noise
             moment_rows(x, v, f"PC {predictor}+{corrector}, {steps} steps")
         # the reverse SDE through torchsde's Euler-Maruyama: the same chain in solver time s = T - t, noise every step
+        c = CHAIN_C_SDE
+        score = _isotropic_score(sde, c)
         gen = ctx.generator(name, "chain", "torchsde")
         x_T = math.sqrt(V(sde.T)) * torch.randn(B, CHAIN_D, generator=gen)  # float32: the chain, not rounding
         x = sde.reverse(score).sample(x_T, steps=steps, method="euler", eps=EPS, generator=gen).x
@@ -810,15 +818,23 @@ def _annealed_langevin(ctx: Context) -> None:
         sdescore.annealed_langevin(target.noised(), sigmas, x_init, n_steps_each=100, step_lr=0.1, generator=gen),
         "annealed_langevin",
     )
-    for label, x, expect in (("annealed Langevin", annealed, True), ("plain Langevin (expected to fail)", plain, False)):
-        w = mode_weight_test(x, target, generator=gen)
-        note = "weights " + ", ".join(f"{v:.3f}" for v in w.detail["weights"]) + " (true 0.2, 0.8)"
-        (ctx.accepts if expect else ctx.rejects)("NCSN", label, w, note=note)
+    # The chain's own weights differ from the target's by its discretisation: 0.2169 +- 0.0021 for the (-5, -5) mode
+    # at n = 40 000 (seed 123). A test of exact weights rejects that at full size for some seeds, so annealing is
+    # judged by a band that it meets with room (its sampling SE is 0.009 at n = 2000) and plain Langevin, which
+    # keeps the uniform start's 0.5, misses by far; plain Langevin's weights are also rejected by the exact test.
+    w = mode_weight_test(annealed, target, generator=gen)
+    note = "weights " + ", ".join(f"{v:.3f}" for v in w.detail["weights"]) + " (target 0.2, 0.8; the chain's 0.217)"
+    ctx.at_most("NCSN", "annealed Langevin: |weight of the (-5, -5) mode - 0.2|", abs(w.detail["weights"][0] - 0.2), 0.05, note)
+    w = mode_weight_test(plain, target, generator=gen)
+    note = "weights " + ", ".join(f"{v:.3f}" for v in w.detail["weights"]) + " (target 0.2, 0.8)"
+    ctx.rejects("NCSN", "plain Langevin (expected to fail)", w, note=note)
     # Within a mode (they are 14 apart: from sigma ~ 2 on, the other mode's pull is below e^-20), the chain is the AR(1)
     # x - mu <- r_i (x - mu) + sqrt(a_i) z with r_i = 1 - a_i / (2 (1 + sigma_i^2)): Gaussian, of variance
     # v <- r_i^2 v + a_i. Each level forgets the previous one's variance to a factor r_i^200 < 0.007, so starting the
     # recursion at the stationary variance of the fourth-last level is exact to ~1e-9; NCSNv2's denoising step then
-    # scales x - mu by 1 - sigma_L^2 / (1 + sigma_L^2). A chain that skips it, or collapses onto the means, fails.
+    # scales x - mu by 1 - sigma_L^2 / (1 + sigma_L^2). So ||x - mu_nearest||^2 / var is chi-square with 2 degrees
+    # of freedom (whatever the weights): a one-sample KS test. A chain that skips the denoising step (4 times the
+    # variance), or collapses onto the means, fails.
     sig2 = (sigmas**2).tolist()
     v = None
     for s2 in sig2[-4:]:
@@ -828,10 +844,12 @@ def _annealed_langevin(ctx: Context) -> None:
         for _ in range(100):
             v = r * r * v + a
     c = 1.0 - sig2[-1] / (1.0 + sig2[-1])
-    chain_law = GaussianMixture(target.weights, target.means, [v * c * c] * 2)
-    ctx.accepts("NCSN", "annealed Langevin: KS of log p(x) against the exact law of its chain",
-                log_density_ks_test(annealed, chain_law, n_reference=10 * n, generator=gen),
-                note=f"within-mode variance {v * c * c:.4f} (the target's 1)")
+    var = v * c * c
+    r2 = (annealed[:, None, :] - target.means[None]).pow(2).sum(2).min(1).values / var
+    ks = sps.kstest(r2.numpy(), sps.chi2(2).cdf)
+    ctx.accepts("NCSN", "annealed Langevin: ||x - nearest mean||^2 / var ~ chi2(2), the exact within-mode law",
+                TestResult("chi-square KS", float(ks.statistic), float(ks.pvalue), n),
+                note=f"within-mode variance {var:.4f} per coordinate (the target's 1)")
     path = ctx.plot_path("samples_langevin")
     if path is not None:
         from .plots import plot_samples
