@@ -48,7 +48,9 @@ class CheckedScore:
 
     def __call__(self, x: Tensor, t: Tensor, when: float | Tensor | None = None) -> Tensor:
         """Evaluate the score at x (B, *dims) and times t (B,); `when` is the scalar time to report (default t[0])."""
-        s = check_output(self.name, self.score_fn(x, t), x, shape_rule="a score has the shape of x", cast_under_autocast=True)
+        s = check_output(
+            self.name, self.score_fn(x, t), x, shape_rule="a score has the shape of x", cast_under_autocast=True
+        )
         # One reduction per call, resolved later: min and max are both finite exactly when every entry is (NaN
         # propagates to both, +inf shows in max, -inf in min; no overflow is possible), and t is kept by
         # reference, read only on failure.
@@ -75,8 +77,8 @@ class CheckedScore:
         step_of(evaluation index, time) gives the solver step that made that evaluation, or None where the step is
         not known (an adaptive solver, whose rejected steps and initial-step probe also evaluate the score): the
         message then names the evaluation and its time only; or a phrase naming the evaluation ("in the final
-        denoising evaluation"), which the message then uses instead of the step and the evaluation's index. Where a call's times differ between samples, the
-        message gives their range.
+        denoising evaluation"), which the message then uses instead of the step and the evaluation's index. Where a
+        call's times differ between samples, the message gives their range.
         """
         bad = self.first_nonfinite()
         if bad is not None:

@@ -180,7 +180,7 @@ def _check_common(sde: Any, x_T: Any, steps: Any, eps: Any, generator: Any, deno
     generator = check_generator(generator, x.device)
     if not isinstance(denoise, bool):
         raise TypeError(f"denoise must be a bool, got {type(denoise).__name__} {denoise!r}.")
-    if denoise:  # Tweedie's step needs the kernel: an SDE without one raises its NotImplementedError now, not after the solve
+    if denoise:  # Tweedie's step needs the kernel: without one, its NotImplementedError comes now, not after the solve
         sde.kernel(torch.full((1,), eps, dtype=torch.float64))
     return x, steps, eps, generator
 

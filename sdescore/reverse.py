@@ -12,6 +12,7 @@ Stratonovich readings coincide and every torchsde method for diagonal noise appl
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import torch
 import torchsde
@@ -143,10 +144,9 @@ class ReverseSDE:
         self.event_shape = None if event_shape is None else tuple(event_shape)
         self.sde_type = sde_type
         self._score = score_fn if isinstance(score_fn, CheckedScore) else CheckedScore(score_fn)
-        # the memo of _drift_and_g, of the last _memo_size evaluations: on (size > 0) only in the copy `sample`
-        # makes for one solve
-        self._memo_size = 0
-        self._memo: list[tuple[Tensor, int, float, Tensor, float]] = []
+        # the memo of _drift_and_g's last evaluations: empty (maxlen 0, it keeps nothing) except in the copy
+        # `sample` makes for one solve
+        self._memo: deque[tuple[Tensor, int, float, Tensor, float]] = deque(maxlen=0)
 
     def __repr__(self) -> str:
         return f"ReverseSDE({self.sde!r}, probability_flow={self.probability_flow})"
@@ -166,8 +166,8 @@ class ReverseSDE:
         # torchsde probes f and g at (ts[0], y0) for shapes before integrating from the same point, and its
         # stochastic Runge-Kutta step ('srk') evaluates the drift of each earlier stage again in every later stage
         # (10 calls for its 4 stage states). Within one solve (`sample`'s copy), a memo of the last evaluations (one,
-        # or the 4 stages for 'srk': each entry holds two states) answers these repeats (the same tensor, unmodified, at the same time), so that every score
-        # evaluation is one the solver uses. The version counter sees in-place changes; inference tensors have
+        # or the 4 stages for 'srk': each entry holds two states) answers these repeats (the same tensor, unmodified,
+        # at the same time), so that every score evaluation is one the solver uses. The version counter sees in-place changes; inference tensors have
         # none, and there identity and time are the key (torchsde builds its stage states out of place). An object
         # handed to torchsde.sdeint directly keeps no memo: between its solves the model may have changed, which
         # no key can see.
@@ -189,8 +189,7 @@ class ReverseSDE:
         else:  # solver-time drift -(f - g^2 s)
             drift = (score * (g * g)).sub_(self.sde.f(x, t))
         out = drift.reshape(B, -1), g
-        if self._memo_size:
-            self._memo = [*self._memo[max(0, len(self._memo) + 1 - self._memo_size):], (y, version, t_value, *out)]
+        self._memo.append((y, version, t_value, *out))
         return out
 
     def f(self, s: Tensor, y: Tensor) -> Tensor:
@@ -252,7 +251,7 @@ class ReverseSDE:
         bound = ReverseSDE(
             self.sde, CheckedScore(self.score_fn), self.probability_flow, event_shape=x_T.shape[1:], sde_type=sde_type
         )
-        bound._memo_size = 4 if method == "srk" else 1
+        bound._memo = deque(maxlen=4 if method == "srk" else 1)
         ts = torch.tensor([0.0, s_end], dtype=torch.float64)
         # torchsde steps by accumulating dt in floating point; a step a hair longer than (s_end / steps)
         # keeps the count at exactly `steps` (the last one is clipped to s_end) instead of adding a sliver.
