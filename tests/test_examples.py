@@ -48,6 +48,7 @@ def assert_samples_npz(out: Path, samplers: list[str], shape: tuple[int, ...]) -
             assert npz[name].dtype == np.uint8 and npz[name].shape == shape, (name, npz[name].dtype, npz[name].shape)
 
 
+@pytest.mark.slow
 def test_toy_2d_quick_matches_the_exact_mixture_within_loose_bounds(tmp_path):
     summary = run_example("toy_2d", tmp_path)
     fig = summary["figures"]
@@ -65,6 +66,7 @@ def test_toy_2d_quick_matches_the_exact_mixture_within_loose_bounds(tmp_path):
     assert fig["score_rel_mse_t0.5"] <= 0.1
 
 
+@pytest.mark.slow
 def test_ncsn_ve_quick_on_digits_trains_and_samples_three_ways(tmp_path):
     fig = run_example("ncsn_ve", tmp_path)["figures"]
     samplers = ["annealed_langevin", "pc", "ode"]
@@ -83,6 +85,7 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.tobytes())
 
 
+@pytest.mark.slow
 def test_ncsn_ve_reads_fashion_mnist_idx_files_from_data_dir(tmp_path):
     data_dir, out = tmp_path / "fashion", tmp_path / "out"
     data_dir.mkdir()
@@ -99,6 +102,7 @@ def test_ncsn_ve_reads_fashion_mnist_idx_files_from_data_dir(tmp_path):
     assert_samples_npz(out, ["annealed_langevin", "pc", "ode"], (8, 1, 28, 28))
 
 
+@pytest.mark.slow
 def test_vp_bits_per_dim_quick_beats_the_uniform_model_on_digits(tmp_path):
     fig = run_example("vp_bits_per_dim", tmp_path)["figures"]
     assert_pngs(tmp_path, ["data.png", "loss.png", "samples_ddpm_ancestral.png", "samples_ode.png"])
@@ -109,6 +113,7 @@ def test_vp_bits_per_dim_quick_beats_the_uniform_model_on_digits(tmp_path):
     assert fig["ddpm_ancestral_nfe"] == 100  # one network evaluation per step of the chain
 
 
+@pytest.mark.slow
 def test_toy_2d_runs_under_torchrun_with_two_processes(tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
     summary = run_example("toy_2d", tmp_path, "--steps", "100", "--n-samples", "300", launcher=launcher)

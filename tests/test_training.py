@@ -11,6 +11,7 @@ import re
 import stat
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,7 @@ def test_resume_trains_at_the_lr_betas_and_weight_decay_of_the_call(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ DDP
+@pytest.mark.slow
 def test_ddp_two_gloo_processes_equal_one_process_on_the_combined_batch(tmp_path):
     """Two legs under torchrun: 5 steps with checkpoints (rank 0 alone writes them), then a DDP resume to 8 steps;
     the result equals one process trained 8 steps on the combined batches."""
