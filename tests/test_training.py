@@ -136,6 +136,7 @@ def test_ddp_two_gloo_processes_equal_one_process_on_the_combined_batch(tmp_path
         torch.testing.assert_close(ddp["ema"][name], p, rtol=1e-5, atol=1e-6, msg=f"ema {name}")
 
 
+@pytest.mark.slow
 def test_ddp_resume_refuses_ranks_that_see_different_checkpoints(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     _ddp_worker.run(2, str(ckpt))  # a checkpoint at step 2 that rank 0 finds and rank 1 does not
@@ -417,8 +418,6 @@ class _Payload:
 
 
 def _flip_bytes_in_tensor_record(src: Path, dst: Path) -> None:
-    import zipfile
-
     data = bytearray(src.read_bytes())
     with zipfile.ZipFile(src) as archive:
         info = next(i for i in archive.infolist() if i.filename.endswith("data/0"))
@@ -437,6 +436,21 @@ def test_load_checkpoint_refuses_a_flipped_byte_that_torch_load_would_accept(tmp
     assert not torch.equal(loaded["w"], torch.arange(64.0))
     with pytest.raises(ValueError, match=r"bad\.pt.*record 'archive/data/0'.*CRC-32"):
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_load_checkpoint_loads_the_version_it_checked_when_the_path_is_replaced_meanwhile(tmp_path, monkeypatch):
+    path = save_checkpoint({"w": torch.zeros(4)}, tmp_path / "c.pt")
+    real_testzip = zipfile.ZipFile.testzip
+
+    def testzip_then_replace(archive):  # another process writes a new checkpoint while this one is being checked
+        bad = real_testzip(archive)
+        save_checkpoint({"w": torch.ones(4)}, path)
+        return bad
+
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", testzip_then_replace)
+    assert torch.equal(load_checkpoint(path)["w"], torch.zeros(4))  # the checked version, not a mix or the new one
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["w"], torch.ones(4))
 
 
 def test_resume_from_a_damaged_checkpoint_stops_before_training(tmp_path):

@@ -15,7 +15,7 @@ import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -109,37 +109,14 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> dict:
-    """Read a checkpoint with torch.load(path, weights_only=True) (no arbitrary unpickling), its records' CRC-32 checked.
+def _load_weights(file: BinaryIO, path: Path, map_location: Any, damaged: str, remedy: str) -> Any:
+    """torch.load(file, weights_only=True), its errors of the file's format raised as ValueError naming path.
 
-    A damaged, truncated or foreign file raises ValueError naming it, and so does one holding an object outside
-    the weights-only allowlist (never constructed: a pickled payload cannot run).
-
-    Args:
-        path: a file written by `save_checkpoint`.
-        map_location: device to load the tensors onto (default: where they were saved).
+    Only errors of the file's format are reported as a damaged file: a device or memory error of torch.load (a CUDA
+    checkpoint on a CPU-only machine, a bad map_location) comes through as it is.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path} is not a regular file (a directory?); pass the checkpoint file's path.")
-    damaged = f"{path} is not a readable checkpoint"
-    remedy = "the file is damaged or not a torch.save file; restore a copy, or train with resume=False"
-    # torch.load does not verify the CRC-32 of the zip records torch.save writes: a flipped byte in a tensor
-    # record would load as wrong weights and be saved again with a fresh CRC. Check every record first.
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-        except (OSError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{damaged} ({e}): {remedy}.") from e
-        if bad is not None:
-            raise ValueError(f"{damaged}: its record {bad!r} fails its CRC-32 check; {remedy}.")
-    # Only errors of the file's format are reported as a damaged file: a device or memory error of torch.load
-    # (a CUDA checkpoint on a CPU-only machine, a bad map_location) comes through as it is.
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         refused = next((ln.strip() for ln in str(e).splitlines() if "unsupported GLOBAL" in ln), None)
         if refused is None:  # the pickle stream itself is broken
@@ -155,6 +132,42 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         if "PytorchStreamReader" not in str(e) and "magic number" not in str(e):
             raise
         raise ValueError(f"{damaged} ({type(e).__name__}: {str(e).splitlines()[0]}): {remedy}.") from e
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | None = None) -> dict:
+    """Read a checkpoint with torch.load(weights_only=True) (no arbitrary unpickling), its records' CRC-32 checked.
+
+    The check and the load read the same open file, so a checkpoint that another process replaces at `path`
+    meanwhile (`save_checkpoint` renames atomically) cannot be checked in one version and loaded in the other.
+    A damaged, truncated or foreign file raises ValueError naming it, and so does one holding an object outside
+    the weights-only allowlist (never constructed: a pickled payload cannot run).
+
+    Args:
+        path: a file written by `save_checkpoint`.
+        map_location: device to load the tensors onto (default: where they were saved).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist.")
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} is not a regular file (a directory?); pass the checkpoint file's path.")
+    damaged = f"{path} is not a readable checkpoint"
+    remedy = "the file is damaged or not a torch.save file; restore a copy, or train with resume=False"
+    # One open file serves the check and the load: the bytes checked are the bytes loaded, even if another process
+    # replaces the path (save_checkpoint's atomic rename) in between.
+    with open(path, "rb") as file:
+        # torch.load does not verify the CRC-32 of the zip records torch.save writes: a flipped byte in a tensor
+        # record would load as wrong weights and be saved again with a fresh CRC. Check every record first.
+        if zipfile.is_zipfile(file):
+            try:
+                with zipfile.ZipFile(file) as archive:
+                    bad = archive.testzip()
+            except (OSError, EOFError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{damaged} ({e}): {remedy}.") from e
+            if bad is not None:
+                raise ValueError(f"{damaged}: its record {bad!r} fails its CRC-32 check; {remedy}.")
+        file.seek(0)
+        state = _load_weights(file, path, map_location, damaged, remedy)
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a checkpoint dict.")
     return state
