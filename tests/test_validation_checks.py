@@ -69,12 +69,34 @@ def assert_not_anti_conservative(ps):
     assert rejections <= bound, f"{rejections} of {RUNS} null p-values below {CALIBRATION_LEVEL} (at most {bound:g})"
 
 
-def test_calibration_bound_catches_a_test_twice_too_liberal():
-    """The bound above has the power it claims: uniform p-values pass, p-values of a size-0.2 test fail."""
+def assert_exact(ps):
+    """For a test whose p-value is exact (P(p <= 0.1) = 0.1 under the null, permutation p-values included when 0.1
+    is on their lattice): between binom.ppf(5e-4, RUNS, 0.1) = 14 and binom.isf(5e-4, RUNS, 0.1) = 48 of RUNS = 300
+    null p-values at or below 0.1. An exact test fails this with probability 7e-4; one that never rejects fails it,
+    and one of size 0.025 at 0.1 (mean 7.5 rejections) with probability 0.98, which the one-sided bound above cannot
+    see."""
+    assert len(ps) == RUNS
+    low, high = sps.binom.ppf(5e-4, RUNS, CALIBRATION_LEVEL), sps.binom.isf(5e-4, RUNS, CALIBRATION_LEVEL)
+    rejections = sum(p <= CALIBRATION_LEVEL for p in ps)
+    assert low <= rejections <= high, (
+        f"{rejections} of {RUNS} null p-values at or below {CALIBRATION_LEVEL} (expected {low:g} to {high:g})"
+    )
+
+
+def test_calibration_bounds_catch_tests_too_liberal_or_too_conservative():
+    """The bounds above have the power they claim: uniform p-values pass both; those of a size-0.2 test fail both;
+    those of a valid but conservative test (p = u where u <= 0.025, else (1 + u) / 2: size 0.025 at 0.1) pass
+    the one-sided bound and fail the exact one."""
     gen = torch.Generator().manual_seed(0)
-    assert_not_anti_conservative(torch.rand(RUNS, generator=gen, dtype=f64).tolist())
-    with pytest.raises(AssertionError):
-        assert_not_anti_conservative((0.5 * torch.rand(RUNS, generator=gen, dtype=f64)).tolist())
+    uniform = torch.rand(RUNS, generator=gen, dtype=f64)
+    conservative = torch.where(uniform <= 0.025, uniform, 0.5 * (1.0 + uniform))
+    assert_not_anti_conservative(uniform.tolist())
+    assert_exact(uniform.tolist())
+    assert_not_anti_conservative(conservative.tolist())
+    for bound, ps in ((assert_not_anti_conservative, 0.5 * uniform), (assert_exact, 0.5 * uniform),
+                      (assert_exact, conservative)):
+        with pytest.raises(AssertionError):
+            bound(ps.tolist())
 
 
 def test_sliced_ks_is_not_anti_conservative_under_the_null_and_detects_a_shift():
@@ -92,7 +114,7 @@ def test_energy_test_is_exact_under_the_null_and_detects_a_shift():
     permutations can give."""
     m = ring()
     gen = torch.Generator().manual_seed(1)
-    assert_not_anti_conservative([energy_test(m.sample(60, gen), m.sample(60, gen), n_permutations=49,
+    assert_exact([energy_test(m.sample(60, gen), m.sample(60, gen), n_permutations=49,
                                               generator=gen).p_value for _ in range(RUNS)])
     shifted = m.sample(400, gen) + torch.tensor([1.6, 0.0], dtype=f64)
     assert energy_test(m.sample(400, gen), shifted, n_permutations=199, generator=gen).p_value == 1 / 200
@@ -135,7 +157,7 @@ def test_energy_test_refuses_bad_samples_naming_them(x, y, error, match):
 def test_mode_weight_test_recovers_weights_and_detects_wrong_ones():
     m = random_anisotropic(2, 4, seed=3)
     gen = torch.Generator().manual_seed(2)
-    assert_not_anti_conservative([mode_weight_test(m.sample(200, gen), m, n_reference=4000, generator=gen).p_value
+    assert_exact([mode_weight_test(m.sample(200, gen), m, n_reference=4000, generator=gen).p_value
                                   for _ in range(RUNS)])
     res = mode_weight_test(m.sample(4000, gen), m, generator=gen)
     assert res.detail["max_abs_error"] < 0.05
@@ -148,7 +170,7 @@ def test_log_density_ks_is_calibrated_and_sees_the_spread_within_modes():
     of 0.5, n = 1000) are rejected at 1e-6 by it, and missed by the sliced KS and mode-weight tests at LEVEL."""
     m = ring()
     gen = torch.Generator().manual_seed(6)
-    assert_not_anti_conservative([log_density_ks_test(m.sample(100, gen), m, n_reference=1000, generator=gen).p_value
+    assert_exact([log_density_ks_test(m.sample(100, gen), m, n_reference=1000, generator=gen).p_value
                                   for _ in range(RUNS)])
     wide = ring(std=0.6).sample(1000, gen)
     assert log_density_ks_test(wide, m, generator=gen).p_value < 1e-6
