@@ -369,7 +369,10 @@ def log_likelihood(
     ValueError), integrates in the time of the reference VP-SDE (beta 0.1 -> 20) at the same log-SNR, in the
     variance-preserving frame; see docs/theory/likelihood.md
     for why and for the measured numbers of evaluations. tol: rtol and atol apply to (w, delta_logp), each
-    with torchdiffeq's RMS norm over the batch; the error in logp is typically a few times atol + rtol |delta_logp|.
+    with torchdiffeq's RMS norm over the batch. The norm bounds the batch's error, not each sample's: the mean
+    error in logp is typically below atol + rtol |delta_logp|, while single samples reach some tens of times that
+    (measured: up to 46 times, 2e-3 nats, at rtol = atol = 1e-5 on the 8-D mixture of `validation`'s likelihood
+    check, batch 128, seeds 0-2); lower the tolerances where single samples matter.
 
     Args:
         sde: any `SDE`.
