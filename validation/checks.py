@@ -798,7 +798,7 @@ def _likelihood(ctx: Context) -> None:
             # torchdiffeq's RMS norm bounds the batch's error: single samples' errors run to tens of times the mean's
             ctx.at_most(name, f"log_likelihood exact trace, default tolerances: |mean error|, {tname} (nats)",
                         abs(float((res.logp - exact).mean())), 2e-3,
-                        f"prior = exact p_T; largest single error {float((res.logp - exact).abs().max()):.2g}")
+                        f"max single {float((res.logp - exact).abs().max()):.1e}; prior = exact p_T")
             res = sdescore.log_likelihood(sde, p, x, trace="exact", eps=eps, prior_logp=prior, rtol=1e-7, atol=1e-7)
             ctx.at_most(name, f"log_likelihood exact trace, rtol=atol=1e-7: max error, {tname} (nats)",
                         float((res.logp - exact).abs().max()), 1e-4, "prior = exact p_T")
