@@ -659,18 +659,18 @@ def adaptive_sde_sample(
             k0 = k3 = h
             t64 = times.to(x.device)
         # per-sample coefficients, one copy: k0, h g(t)^2, g(t), k3, h g(t-h)^2, g(t-h), t, t - h
-        c = rows(k0, h * g0 * g0, g0, k3, h * g1 * g1, g1, t, t_next)
-        s1 = score(x, own(c[6].reshape(B)))
-        x1 = own(torch.mul(x, c[0]) if linear else torch.addcmul(x, c[0], sde.f(x, t64[:B]), value=-1.0))
-        x1 = x1.addcmul_(c[1], s1).addcmul_(c[2], W)
-        s2 = score(x1, own(c[7].reshape(B)))
-        xt = own(torch.addcmul(x, c[3], x1) if linear else torch.addcmul(x, c[3], sde.f(x1, t64[B:]), value=-1.0))
-        xt = xt.addcmul_(c[4], s2).addcmul_(c[5], W)
+        c0, c1, c2, c3, c4, c5, c6, c7 = rows(k0, h * g0 * g0, g0, k3, h * g1 * g1, g1, t, t_next).unbind(0)
+        s1 = score(x, own(c6.reshape(B)))
+        x1 = own(torch.mul(x, c0) if linear else torch.addcmul(x, c0, sde.f(x, t64[:B]), value=-1.0))
+        x1 = x1.addcmul_(c1, s1).addcmul_(c2, W)
+        s2 = score(x1, own(c7.reshape(B)))
+        xt = own(torch.addcmul(x, c3, x1) if linear else torch.addcmul(x, c3, sde.f(x1, t64[B:]), value=-1.0))
+        xt = xt.addcmul_(c4, s2).addcmul_(c5, W)
         a1 = x1.abs().clamp_min_(floor)
         E = torch.linalg.vector_norm((x1 - xt).div_(torch.maximum(a1, abs_prev)).flatten(1), dim=1, dtype=norm_dtype)
-        E = E.detach().to(torch.float64).mul_(scale)
-        # the error and the controller's factor E^-exponent, in one copy: the one synchronisation of the iteration
-        E, factor = torch.stack([E, E.clamp_min(1e-10).pow_(-exponent)]).cpu().numpy()
+        # the error to the host, the one synchronisation of the iteration; the controller's factor E^-exponent there
+        E = E.detach().cpu().numpy().astype(np.float64) * scale
+        factor = np.maximum(E, 1e-10) ** -exponent
         if not np.isfinite(E).all():
             score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
             raise NonFiniteError(
@@ -711,9 +711,9 @@ def adaptive_sde_sample(
                 a[whole] = 1.0
         a = np.where(cut, np.divide(h_new, base_h, out=np.zeros(B), where=cut), a)
         b = np.sqrt(h_new * (1.0 - a))
-        ab = rows(a, b)
+        ca, cb = rows(a, b).unbind(0)
         xi = _randn_like(x, generator)
-        W_new = own(torch.mul(W, ab[0])).addcmul_(xi, ab[1])
+        W_new = own(torch.mul(W, ca)).addcmul_(xi, cb)
         pushed = np.flatnonzero(cut)
         if pushed.size:  # the rest of every cut interval: (h_b - h_new, W_base - W_new)
             pd = _on(pushed, x)
