@@ -294,3 +294,54 @@ def test_statistical_tolerances_are_the_stated_levels():
     assert math.erfc(V.Z_MAX / math.sqrt(2)) < 1e-5
     assert 0 < V.LEVEL <= 1e-2
     assert isinstance(SampleResult(torch.zeros(1, 1), 0), SampleResult)
+
+
+# ---------------------------------------------------------------------- seed study
+def _p_rows(ps, name="p, a test: of a sampler"):
+    """One run per p-value: a row recorded by Context.accepts for a test that returned p."""
+    runs = []
+    for p in ps:
+        ctx = V.Context()
+        ctx.check = "_study"
+        ctx.accepts("VP", "of a sampler", V.TestResult("a test", statistic=0.0, p_value=float(p), n=100))
+        ctx.at_most("VP", "an error", 0.5 if p > 0.01 else 2.0, 1.0)
+        runs.append(ctx.rows)
+    return runs
+
+
+def test_seed_study_flags_p_values_that_lean_low_and_rows_that_ever_fail():
+    """Uniform p-values over 40 seeds pass (a chance failure at 1e-3 would not flag them: the null allows it); p-values
+    of a biased sampler, uniform on [0.0005, 0.3005], are flagged by the one-sided KS test (its p 5e-21) although
+    none of them is below 1e-3, so that no single run fails; conservative p-values (all 1) pass. A row without
+    p-values is flagged once it fails in any seed."""
+    gen = torch.Generator().manual_seed(0)
+    u = torch.rand(40, generator=gen, dtype=torch.float64)
+    for ps, flagged in ((u, False), (0.0005 + 0.3 * u, True), (torch.ones(40), False)):
+        study = {r.measure: r for r in V.seed_study(_p_rows(ps.tolist()))}
+        row = study["p, a test: of a sampler"]
+        assert row.seeds == 40 and row.flagged is flagged, (row, flagged)
+        assert row.worst == float(ps.min())
+        assert row.uniformity_p == pytest.approx(sps.kstest(ps.tolist(), "uniform", alternative="greater").pvalue)
+        assert study["an error"].flagged is (row.worst <= 0.01)
+    with_chance_failure = torch.cat([u[:39], torch.tensor([5e-4], dtype=torch.float64)])
+    row, error = V.seed_study(_p_rows(with_chance_failure.tolist()))
+    assert row.failures == 1 and not row.flagged
+    assert error.measure == "an error" and error.failures == 1 and error.flagged
+
+
+def test_seed_study_worst_figure_is_the_one_nearest_to_failing():
+    assert V._worst([1.0, 3.0, 2.0], "<= 4") == 3.0
+    assert V._worst([1.0, 3.0, 2.0], ">= 0.5") == 1.0
+    assert V._worst([1.9, 2.3, 2.05], "2 +- 0.5") == 2.3
+    assert V._worst([0.0, 1.0], "== 0") == 1.0
+
+
+def test_cli_seed_study_runs_each_seed_and_exits_non_zero_on_a_flag(extra_checks, capsys):
+    assert main(["--only", "converters", "--quick", "--seeds", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "rows over seeds 1-2: 0 flagged" in out and "converters" in out
+    assert main(["--only", "_failing", "--seeds", "0", "1"]) == 1
+    assert "1 flagged" in capsys.readouterr().out
+    for bad in (["--seeds", "3", "3"], ["--seeds", "-1", "2"], ["--seeds", "1", "2", "--plots", "out"]):
+        with pytest.raises(SystemExit):
+            main(["--only", "converters", *bad])

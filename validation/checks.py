@@ -56,6 +56,9 @@ __all__ = [
     "fitted_order",
     "SamplerReport",
     "check_sampler",
+    "SeedStudyRow",
+    "seed_study",
+    "format_seed_study",
 ]
 
 f64 = torch.float64
@@ -92,6 +95,7 @@ class Row:
     status: str
     seconds: float
     note: str = ""
+    null_p: bool = False  # the figure is the p-value of a test whose null hypothesis holds (uniform or conservative)
 
     @property
     def failed(self) -> bool:
@@ -121,11 +125,11 @@ class Context:
     def restart_clock(self) -> None:
         self._clock = time.perf_counter()
 
-    def _add(self, sde: str, measure: str, figure: float, tolerance: str, ok: bool, note: str) -> None:
+    def _add(self, sde: str, measure: str, figure: float, tolerance: str, ok: bool, note: str, null_p: bool = False) -> None:
         now = time.perf_counter()
         figure = float(figure)
         status = "pass" if ok and not math.isnan(figure) else "FAIL"
-        self.rows.append(Row(self.check, sde, measure, figure, tolerance, status, now - self._clock, note))
+        self.rows.append(Row(self.check, sde, measure, figure, tolerance, status, now - self._clock, note, null_p))
         self._clock = now
 
     def at_most(self, sde: str, measure: str, figure: float, tol: float, note: str = "") -> None:
@@ -143,7 +147,7 @@ class Context:
 
     def accepts(self, sde: str, what: str, result: TestResult, level: float = LEVEL, note: str = "") -> None:
         """A statistical test whose null hypothesis (the samples follow the law) must not be rejected."""
-        self._add(sde, f"p, {result.name}: {what}", result.p_value, f">= {level:g}", result.passed(level), note)
+        self._add(sde, f"p, {result.name}: {what}", result.p_value, f">= {level:g}", result.passed(level), note, True)
 
     def rejects(self, sde: str, what: str, result: TestResult, level: float = LEVEL, note: str = "") -> None:
         """A statistical test whose null hypothesis must be rejected (a method expected to fail does)."""
@@ -230,6 +234,14 @@ def run_checks(
     return ctx.rows
 
 
+def _table(head: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a plain-text table: columns as wide as their widest cell, the third (the measure) cut at 100."""
+    widths = [max(len(head[i]), *(len(b[i]) for b in body)) if body else len(head[i]) for i in range(len(head))]
+    widths[2] = min(widths[2], 100)
+    line = lambda cells: "  ".join(str(c)[: widths[i]].ljust(widths[i]) for i, c in enumerate(cells))  # noqa: E731
+    return [line(head), line("-" * w for w in widths)] + [line(b) for b in body]
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """A plain-text table of the rows and a summary line."""
     head = ("check", "SDE", "measure", "figure", "tolerance", "result", "time")
@@ -238,14 +250,82 @@ def format_table(rows: Sequence[Row]) -> str:
          r.tolerance, r.status, f"{r.seconds:.1f}s")
         for r in rows
     ]
-    widths = [max(len(head[i]), *(len(b[i]) for b in body)) if body else len(head[i]) for i in range(len(head))]
-    widths[2] = min(widths[2], 100)
-    line = lambda cells: "  ".join(str(c)[: widths[i]].ljust(widths[i]) for i, c in enumerate(cells))  # noqa: E731
-    out = [line(head), line("-" * w for w in widths)] + [line(b) for b in body]
+    out = _table(head, body)
     n_fail = sum(r.status == "FAIL" for r in rows)
     n_skip = sum(r.status == "skip" for r in rows)
     out.append(f"\n{len(rows) - n_fail - n_skip} passed, {n_fail} failed, {n_skip} skipped, "
                f"{sum(r.seconds for r in rows):.1f}s")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------- the same checks over many seeds
+@dataclass(frozen=True)
+class SeedStudyRow:
+    """One row of the checks followed over seeds: how often it failed, its worst figure, and for a test whose null
+    hypothesis holds (`Row.null_p`) the one-sided Kolmogorov–Smirnov p-value of its p-values against U(0, 1),
+    small when they lean low (a bias a single run may not show). `flagged` as `seed_study` decides."""
+
+    check: str
+    sde: str
+    measure: str
+    tolerance: str
+    seeds: int
+    failures: int
+    worst: float
+    uniformity_p: float | None
+    flagged: bool
+
+
+def _worst(figures: Sequence[float], tolerance: str) -> float:
+    """The figure nearest to failing: the largest for '<= tol', '< tol' and '== 0', the smallest for '>= tol', the
+    farthest from the target for 'target +- tol'."""
+    if tolerance.startswith(">="):
+        return min(figures)
+    if " +- " in tolerance:
+        target = float(tolerance.split(" +- ")[0])
+        return max(figures, key=lambda f: abs(f - target))
+    return max(figures)
+
+
+def seed_study(runs: Sequence[Sequence[Row]], level: float = LEVEL) -> list[SeedStudyRow]:
+    """Summarise the rows of the same checks run with different seeds (`runs`: one list of rows per seed).
+
+    A row is flagged when it failed in any seed, except a p-value row of a true null hypothesis, which fails by
+    chance at rate <= level: that is flagged when its p-values lean low, the one-sided KS test of them against
+    U(0, 1) (alternative: stochastically smaller; a conservative test passes it) rejecting at `level`. Rows are
+    matched by (check, SDE, measure); one missing from some seed's run is summarised over the seeds that have it.
+    """
+    level = check_level(level)
+    grouped: dict[tuple[str, str, str], list[Row]] = {}
+    for rows in runs:
+        for r in rows:
+            if r.status != "skip":
+                grouped.setdefault((r.check, r.sde, r.measure), []).append(r)
+    out = []
+    for (check, sde, measure), rows in grouped.items():
+        figures = [r.figure for r in rows]
+        failures = sum(r.failed for r in rows)
+        uniformity = None
+        if all(r.null_p for r in rows) and not any(math.isnan(f) for f in figures):
+            uniformity = float(sps.kstest(figures, "uniform", alternative="greater").pvalue)
+            flagged = uniformity < level
+        else:
+            flagged = failures > 0
+        out.append(SeedStudyRow(check, sde, measure, rows[0].tolerance, len(rows), failures,
+                                _worst(figures, rows[0].tolerance), uniformity, flagged))
+    return out
+
+
+def format_seed_study(rows: Sequence[SeedStudyRow], seeds: Sequence[int]) -> str:
+    """A plain-text table of `seed_study`'s rows and a summary line."""
+    head = ("check", "SDE", "measure", "seeds", "failed", "worst", "tolerance", "p-values uniform (1-sided KS p)", "")
+    body = [(r.check, r.sde, r.measure, str(r.seeds), str(r.failures), f"{r.worst:.3g}", r.tolerance,
+             "-" if r.uniformity_p is None else f"{r.uniformity_p:.3g}", "FLAG" if r.flagged else "")
+            for r in rows]
+    out = _table(head, body)
+    n_flag = sum(r.flagged for r in rows)
+    out.append(f"\n{len(rows)} rows over seeds {seeds[0]}-{seeds[-1]}: {n_flag} flagged (a row without p-values "
+               f"failed in some seed, or a row's p-values lean low at {LEVEL:g})")
     return "\n".join(out)
 
 
