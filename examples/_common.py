@@ -114,11 +114,11 @@ def start(cfg: SimpleNamespace) -> Run:
         torch.set_num_threads(max(1, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if cfg.device is not None:
         try:
-            torch.device(cfg.device)
+            device = torch.device(cfg.device)
         except RuntimeError:
             raise SystemExit(f"--device must name a torch device such as cpu, cuda or cuda:1, got {cfg.device!r}.") from None
-    if cfg.device is not None and torch.device(cfg.device).type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda was asked for but CUDA is not available; use --device cpu.")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda was asked for but CUDA is not available; use --device cpu.")
     info = sds.setup_distributed(cfg.device)  # gloo for --device cpu, nccl on GPUs
     device = info.device
     out = Path(cfg.out)

@@ -289,13 +289,18 @@ def eps_loss(
 
 
 # ---------------------------------------------------------------------------------------------- ISM, SSM
-def _refuse_inference_mode(where: str) -> None:
-    # torch.enable_grad() does not lift inference mode: the x-derivatives would be missing and the loss wrong
+def _leaf_for_derivatives(x: Tensor, where: str) -> tuple[Tensor, bool]:
+    """(a leaf copy of x that requires grad, whether the loss keeps its graph): under torch.no_grad() the loss is the
+    value alone, its x-derivatives taken without a graph. Inference mode is refused: torch.enable_grad() does not
+    lift it, so the x-derivatives would be missing and the loss wrong."""
     if torch.is_inference_mode_enabled():
         raise RuntimeError(
             f"{where} cannot run under torch.inference_mode(): its trace term differentiates the score with respect to "
             "x by autograd. Call it under torch.no_grad() for a value without a graph, or with grad enabled to train."
         )
+    # an inference tensor (made under inference mode earlier) cannot be detached into a leaf: copy it
+    leaf = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
+    return leaf, torch.is_grad_enabled()
 
 
 def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "mean") -> Tensor:
@@ -314,10 +319,8 @@ def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "
     reduction = _resolve("reduce", reduce, REDUCTIONS)
     check_callable("score_fn", score_fn, "score_fn(x)")
     x = check_data("x", x)
-    _refuse_inference_mode("ism_loss")
-    graph = torch.is_grad_enabled()  # under no_grad: the value alone, its x-derivatives taken without a graph
+    x, graph = _leaf_for_derivatives(x, "ism_loss")
     with torch.enable_grad():  # the loss is made of x-derivatives, whatever the caller's grad mode
-        x = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
         s = _evaluate(score_fn, x, name="score_fn").flatten(1)
         trace = torch.zeros(x.shape[0], dtype=s.dtype, device=s.device)
         if s.requires_grad:
@@ -365,8 +368,7 @@ def ssm_loss(
     variance_reduction = check_bool("variance_reduction", variance_reduction)
     M = check_int("n_projections", n_projections, minimum=1)
     x = check_data("x", x)
-    _refuse_inference_mode("ssm_loss")
-    graph = torch.is_grad_enabled()  # under no_grad: the value alone, its x-derivatives taken without a graph
+    x, graph = _leaf_for_derivatives(x, "ssm_loss")
     generator = check_generator(generator, x.device)
     B = x.shape[0]
     shape = (M * B, *x.shape[1:])
@@ -379,7 +381,6 @@ def ssm_loss(
         )
     v = v.reshape(M, *x.shape)
     with torch.enable_grad():
-        x = (x.clone() if x.is_inference() else x.detach()).requires_grad_(True)
         s = _evaluate(score_fn, x, name="score_fn")
         sv = (s * v).flatten(2).sum(2)  # (M, B): s broadcast over the M projections
 

@@ -167,10 +167,10 @@ class ReverseSDE:
         # stochastic Runge-Kutta step ('srk') evaluates the drift of each earlier stage again in every later stage
         # (10 calls for its 4 stage states). Within one solve (`sample`'s copy), a memo of the last evaluations (one,
         # or the 4 stages for 'srk': each entry holds two states) answers these repeats (the same tensor, unmodified,
-        # at the same time), so that every score evaluation is one the solver uses. The version counter sees in-place changes; inference tensors have
-        # none, and there identity and time are the key (torchsde builds its stage states out of place). An object
-        # handed to torchsde.sdeint directly keeps no memo: between its solves the model may have changed, which
-        # no key can see.
+        # at the same time), so that every score evaluation is one the solver uses. The version counter sees
+        # in-place changes; inference tensors have none, and there identity and time are the key (torchsde builds
+        # its stage states out of place). An object handed to torchsde.sdeint directly keeps no memo: between its
+        # solves the model may have changed, which no key can see.
         t_value = self._time(s)
         version = -1 if y.is_inference() else y._version
         for memo in self._memo:
@@ -238,7 +238,7 @@ class ReverseSDE:
         s_end = self.sde.T - eps
         if bm is not None:
             _check_bm(bm, tuple(y0.shape), s_end)
-        if bm is None:
+        else:
             if levy == "foster":
                 if generator is not None:
                     raise ValueError("method 'log_ode' draws from torchsde.BrownianInterval; pass bm= to seed it.")

@@ -125,6 +125,7 @@ def _fetch(data: Tensor | Dataset, idx: Tensor) -> Tensor:
     return torch.stack(items)
 
 
+# the entries of train's checkpoint that a resume reads (it also writes "format", "world_size" and "scheduler")
 _CHECKPOINT_KEYS = frozenset({"step", "seed", "batch_size", "n_examples", "model", "ema", "optimizer", "losses"})
 
 
