@@ -1,4 +1,4 @@
-"""The one result type of every sampler, and the checked score call the solvers make."""
+"""The one result type of every sampler, the checked score call the solvers make, and their Gaussian draw."""
 
 from __future__ import annotations
 
@@ -19,6 +19,12 @@ class SampleResult:
 
     x: Tensor
     nfe: int
+
+
+def _randn_like(x: Tensor, generator: torch.Generator | None, out: Tensor | None = None) -> Tensor:
+    """Standard normal noise shaped like x, in its dtype and on its device, from `generator` (into `out` if given:
+    the same numbers)."""
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device, out=out)
 
 
 class NonFiniteError(FloatingPointError, ValueError):

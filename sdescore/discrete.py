@@ -35,7 +35,7 @@ from ._checks import (
     check_sigmas,
     value_range,
 )
-from ._score import CheckedScore, SampleResult
+from ._score import CheckedScore, SampleResult, _randn_like
 from .parametrizations import _check_x, _Converter
 from .sde import SDE, VESDE, batch_view
 
@@ -53,10 +53,6 @@ __all__ = [
     "ddpm_eps_from_continuous",
     "DDPM_VARIANCES",
 ]
-
-
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 # ================================================================================================= NCSN

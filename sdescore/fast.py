@@ -33,10 +33,9 @@ import torch
 from torch import Tensor
 
 from ._checks import HALF_DTYPES, check_bool, check_data, check_eps, check_generator, check_int, check_real
-from ._score import CheckedScore, NonFiniteError, SampleResult
+from ._score import CheckedScore, NonFiniteError, SampleResult, _randn_like
 from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD
 from .grids import TimeGrid, time_grid
-from .samplers import _randn_like
 from .sde import SDE, ScoreFn, batch_view
 
 __all__ = [
@@ -501,37 +500,45 @@ def dpm_solver_pp_sample(
 class _BrownianStack:
     """Per-sample Brownian increments that stay on one path when steps are rejected (Rackauckas & Nie 2017, RSwM1).
 
-    An interval (h, W) cut at h' < h is split by the Brownian bridge: the first part gets
-    W' ~ N((h'/h) W, h'(h - h')/h I), i.e. W' = (h'/h) W + sqrt(h'(1 - h'/h)) xi with xi standard normal, and the
-    rest (h - h', W - W') is pushed on the sample's stack, to be used before any fresh noise. A rejected step is
-    cut this way, and so is a stacked interval longer than the next step. The path is then a true Brownian path
-    whatever the accept/reject decisions, so the law of the solution does not depend on the tolerance through the
-    rejections. The interval lengths live on the host with the step-size controller (float64 numpy), the
-    increments on the state's device, in one (depth * B, *dims) tensor whose row d * B + i is level d of sample
-    i: pushes and pops are one index_copy_ / index_select, and growing the stacks appends rows.
+    Increments are kept normalized, W = sqrt(h) Z with Z standard normal. An interval (h, Z) cut at h' = rho h
+    (rho < 1) is split by the Brownian bridge, W' ~ N(rho W, h'(1 - rho) I); normalized, the two parts are a
+    rotation of (Z, xi) with xi a fresh standard normal:
+
+        Z' = sqrt(rho) Z + sqrt(1 - rho) xi   on the first h',     Z'' = sqrt(1 - rho) Z - sqrt(rho) xi   on the rest,
+
+    independent standard normals with sqrt(h') Z' + sqrt(h - h') Z'' = sqrt(h) Z. The rest (h - h', Z'') is pushed
+    on the sample's stack, to be used before any fresh noise. A rejected step is cut this way, and so is a stacked
+    interval longer than the next step. The path is then a true Brownian path whatever the accept/reject
+    decisions, so the law of the solution does not depend on the tolerance through the rejections. The interval
+    lengths live on the host with the step-size controller (float64 numpy), the increments on the state's device,
+    in one (depth * B, *dims) tensor whose row d * B + i is level d of sample i: pushes and pops are one
+    index_copy_ / index_select, and growing the stacks appends rows.
     """
 
     def __init__(self, like: Tensor):
         self.B = like.shape[0]
         self.h = np.zeros((self.B, 2))
         self.depth = np.zeros(self.B, dtype=np.int64)
-        self.W = like.new_zeros((2 * self.B, *like.shape[1:]))
+        self.size = 0  # intervals on all stacks
+        self.Z = like.new_zeros((2 * self.B, *like.shape[1:]))
 
-    def push(self, idx: np.ndarray, h: np.ndarray, W: Tensor) -> None:
-        """Push the intervals (h[i], W[i]) on the stacks of the samples idx[i]."""
+    def push(self, idx: np.ndarray, h: np.ndarray, Z: Tensor) -> None:
+        """Push the intervals (h[i], Z[i]) on the stacks of the samples idx[i]."""
         d = self.depth[idx]
         if int(d.max()) + 1 > self.h.shape[1]:  # double the depth
             self.h = np.concatenate([self.h, np.zeros_like(self.h)], 1)
-            self.W = torch.cat([self.W, torch.zeros_like(self.W)])
+            self.Z = torch.cat([self.Z, torch.zeros_like(self.Z)])
         self.h[idx, d] = h
-        self.W.index_copy_(0, _on(d * self.B + idx, W), W)
+        self.Z.index_copy_(0, _on(d * self.B + idx, Z), Z)
         self.depth[idx] = d + 1
+        self.size += idx.size
 
     def pop(self, idx: np.ndarray) -> tuple[np.ndarray, Tensor]:
-        """Pop the top interval (h, W) of the stacks of the samples idx (each non-empty)."""
+        """Pop the top interval (h, Z) of the stacks of the samples idx (each non-empty)."""
         d = self.depth[idx] - 1
         self.depth[idx] = d
-        return self.h[idx, d], self.W.index_select(0, _on(d * self.B + idx, self.W))
+        self.size -= idx.size
+        return self.h[idx, d], self.Z.index_select(0, _on(d * self.B + idx, self.Z))
 
 
 def _on(a: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -582,7 +589,7 @@ def adaptive_sde_sample(
     the retry takes W from the Brownian bridge of the rejected increment (`_BrownianStack`), which keeps one
     Brownian path and removes the bias.
 
-    The sampler's own work per iteration is some seventeen whole-batch tensor operations and one Gaussian draw,
+    The sampler's own work per iteration is twelve whole-batch tensor operations and one Gaussian draw,
     one host synchronisation, and indexed updates of the rows that are rejected or that take or leave a stacked
     interval (bench/samplers.py measures it). A linear drift f = a(t) x (`SDE.drift_is_linear`) is folded into
     the per-sample coefficients, (1 - h a) x, instead of being called.
@@ -617,60 +624,85 @@ def adaptive_sde_sample(
     # computed in float32 and stored in its dtype (in place, or cast back by `own`).
     host_dtype = np.float64 if x.dtype == torch.float64 else np.float32
 
-    def rows(*parts: np.ndarray) -> Tensor:  # k host arrays of B -> (k, B, 1, ..., 1) on x's device
-        buf = np.empty((len(parts), B), dtype=host_dtype)
-        for row, part in zip(buf, parts):
-            row[...] = part
-        return _on(buf.reshape(len(parts), B, *ones), x)
+    def rows(buf: np.ndarray) -> Tensor:  # host (k, n) -> a copy (k, n, 1, ..., 1) on x's device, in host_dtype
+        return _on(buf.astype(host_dtype).reshape(*buf.shape, *ones), x)  # a copy: autograd may keep the rows
 
     def own(y: Tensor) -> Tensor:  # in x's dtype: a half-precision product with float32 rows, or a user's f in float64
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     # The per-sample step-size control runs on the host in float64 numpy, the state, the noise and the score on
-    # x's device. Per iteration: one host -> device copy of the coefficients, one device -> host copy of the error
-    # and the step factor (the only synchronisation), one of the noise coefficients, and indexed updates of the
-    # rows that are rejected or that take or leave a stacked interval. Every other tensor operation is a
-    # whole-batch one.
+    # x's device. Per iteration: one host -> device copy of the coefficients (and one of the bridge's, for the
+    # rows that cut or take an interval), one device -> host copy of the error (the only synchronisation), and
+    # indexed updates of the rows that are rejected or that take or leave a stacked interval. Every other tensor
+    # operation is a whole-batch one: three for each proposal, six for the error and the average
+    # (docs/theory/fast_samplers.md, "What it costs besides the score").
+    # The increment over [t - h, t] is W = sqrt(h) Z with Z standard normal; sqrt(h) goes into the coefficients,
+    # so a fresh increment is the Gaussian draw itself.
     # A linear drift f = a(t) x (SDE.drift_is_linear) folds into the coefficients: x - h f(x, t) = (1 - h a) x.
     linear = sde.drift_is_linear
     stack = _BrownianStack(x)
     t = np.full(B, float(sde.T))
     h = np.full(B, min(h_init, sde.T - eps))
-    W = _randn_like(x, generator).mul_(rows(np.sqrt(h))[0])
     # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2;
     # the state keeps max(|x'_prev|, atol / rtol)
     floor, scale = atol / rtol, 1.0 / (2.0 * rtol * math.sqrt(D))
     norm_dtype = torch.float32 if x.dtype in HALF_DTYPES else None  # a half-precision sum of squares overflows
-    abs_prev = x.abs().clamp_min_(floor)
+    abs_prev = x.detach().abs().clamp_min_(floor)
+    coef = np.empty((8, B))
+    # Whole-batch work buffers, reused: a fresh CPU tensor of a few hundred KiB comes from newly mapped memory,
+    # whose page faults cost more than the operation that fills it (about 8x at d = 64 in bench/samplers.py's
+    # overhead run). Two of each for what lives across an iteration (x' becomes the state, |x'| the next |x'_prev|,
+    # the draw the next Z), one for v and the error's denominator. Where autograd records the proposals (a score
+    # or x_T that requires grad) they are formed out of place instead.
+    states, abses, draws = ([torch.empty_like(x, requires_grad=False) for _ in range(2)] for _ in range(3))
+    v_buf, den = torch.empty_like(x, requires_grad=False), torch.empty_like(x, requires_grad=False)
+    Z = _randn_like(x, generator, out=draws[1])
+    it = 0
     while True:
         if score.nfe + 2 > max_evals:
             raise RuntimeError(
                 f"adaptive_sde_sample: {score.nfe} score evaluations without reaching eps={eps} (largest t = "
                 f"{t.max():.4g}); loosen rtol/atol or raise max_evals."
             )
-        t_next = t - h
-        times = torch.from_numpy(np.concatenate([t, t_next]))  # t, t - h on the host
-        g = sde.g(times).numpy()
-        g0, g1 = g[:B], g[B:]
+        # per-sample coefficients, one copy, in pairs for (t, t - h):
+        # 0, 1: the drift's (see below);  2, 3: h g^2;  4, 5: g sqrt(h);  6, 7: t, t - h
+        times = coef[6:8]
+        times[0] = t
+        np.subtract(t, h, out=times[1])
+        g = sde.g(torch.from_numpy(times.reshape(2 * B))).numpy().reshape(2, B)
+        np.multiply(h * g, g, out=coef[2:4])
+        np.multiply(np.sqrt(h), g, out=coef[4:6])
         if linear:
-            lam = sde.linear_drift(times).numpy()  # x - h f(x, t) = (1 - h a(t)) x;  - h f(x', t - h) = -h a(t - h) x'
-            k0, k3 = 1.0 - h * lam[:B], -h * lam[B:]
+            # x - h f(x, t) = (1 - h a(t)) x;  x - h f(x', t - h) - x' = x + (-h a(t - h) - 1) x'
+            np.multiply(sde.linear_drift(torch.from_numpy(times.reshape(2 * B))).numpy().reshape(2, B), -h, out=coef[0:2])
+            coef[0] += 1.0
+            coef[1] -= 1.0
         else:
-            k0 = k3 = h
-            t64 = times.to(x.device)
-        # per-sample coefficients, one copy: k0, h g(t)^2, g(t), k3, h g(t-h)^2, g(t-h), t, t - h
-        c0, c1, c2, c3, c4, c5, c6, c7 = rows(k0, h * g0 * g0, g0, k3, h * g1 * g1, g1, t, t_next).unbind(0)
+            coef[0:2] = h
+            t64 = torch.from_numpy(times.reshape(2 * B).copy()).to(x.device)
+        c0, c3, c1, c4, c2, c5, c6, c7 = rows(coef).unbind(0)
         s1 = score(x, own(c6.reshape(B)))
-        x1 = own(torch.mul(x, c0) if linear else torch.addcmul(x, c0, sde.f(x, t64[:B]), value=-1.0))
-        x1 = x1.addcmul_(c1, s1).addcmul_(c2, W)
+        track = x.requires_grad or s1.requires_grad
+        it += 1
+        out, v_out = (None, None) if track else (states[it % 2], v_buf)
+        x1 = own(torch.mul(x, c0, out=out) if linear else torch.addcmul(x, c0, sde.f(x, t64[:B]), value=-1.0, out=out))
+        x1 = x1.addcmul_(c1, s1).addcmul_(c2, Z)  # x' = x - h b(x, t) + g(t) W
         s2 = score(x1, own(c7.reshape(B)))
-        xt = own(torch.addcmul(x, c3, x1) if linear else torch.addcmul(x, c3, sde.f(x1, t64[B:]), value=-1.0))
-        xt = xt.addcmul_(c4, s2).addcmul_(c5, W)
-        a1 = x1.abs().clamp_min_(floor)
-        E = torch.linalg.vector_norm((x1 - xt).div_(torch.maximum(a1, abs_prev)).flatten(1), dim=1, dtype=norm_dtype)
+        # v = x~ - x' with x~ = x - h f(x', t - h) + h g(t - h)^2 s2 + g(t - h) W
+        if linear:
+            v = own(torch.addcmul(x, c3, x1, out=v_out))
+        else:
+            v = own(torch.addcmul(x, c3, sde.f(x1, t64[B:]), value=-1.0, out=v_out)).sub_(x1)
+        v = v.addcmul_(c4, s2).addcmul_(c5, Z)
+        a1 = torch.abs(x1.detach(), out=abses[it % 2])
+        torch.maximum(a1, abs_prev, out=den)
+        a1.clamp_min_(floor)
+        # accepted: x'' = x' + v / 2 (and x' becomes x'_prev); rejected samples keep their state below.
+        # Out of place where autograd records: it may need x1, the score's input.
+        x_new = torch.add(x1, v, alpha=0.5) if x1.requires_grad else x1.add_(v, alpha=0.5)
+        E = torch.linalg.vector_norm(v.detach().div_(den).flatten(1), dim=1, dtype=norm_dtype)
         # the error to the host, the one synchronisation of the iteration; the controller's factor E^-exponent there
-        E = E.detach().cpu().numpy().astype(np.float64) * scale
-        factor = np.maximum(E, 1e-10) ** -exponent
+        E = E.cpu().numpy().astype(np.float64) * scale
         if not np.isfinite(E).all():
             score.raise_if_nonfinite(x, "adaptive_sde_sample", lambda k, _t: k // 2)
             raise NonFiniteError(
@@ -678,47 +710,44 @@ def adaptive_sde_sample(
                 "evaluations were finite, the proposed step was not): expected finite proposals; lower h_init or rtol."
             )
         accept = E <= 1.0
-        # accepted: x'' (and x' becomes x'_prev); rejected samples keep their state
-        # out of place where autograd records: it may need x1, the score's input
-        x_new = torch.lerp(x1, xt, 0.5) if x1.requires_grad else x1.lerp_(xt, 0.5)
         rejected = np.flatnonzero(~accept)
         if rejected.size:  # copy their rows back (cheaper than a whole-batch where while rejections are few)
             rows_back = _on(rejected, x)
             x_new.index_copy_(0, rows_back, x.index_select(0, rows_back))
             a1.index_copy_(0, rows_back, abs_prev.index_select(0, rows_back))
         x, abs_prev = x_new, a1
-        t = np.where(accept, t_next, t)
+        t = np.where(accept, times[1], t)
         t[t - eps < 1e-12] = eps  # land exactly on eps
-        h_ctrl = safety * h * factor
         # rejected: retry on [t - h', t] with h' < h; accepted: the next step (0 once at eps, which freezes the sample)
-        h_new = np.where(accept, np.minimum(h_ctrl, t - eps), np.minimum(h_ctrl, 0.99 * h))
-        # The next increments, W_new = a W_base + b xi for every sample at once: fresh (a = 0, b = sqrt(h_new)), or
-        # the bridge of an interval (h_b, W_base) cut at h_new (a = h_new / h_b, b = sqrt(h_new (1 - a))), or a
-        # whole stacked interval (a = 1, b = 0). W_base is the rejected increment W, or a popped stacked one.
-        a = np.zeros(B)
-        base_h = h.copy()
-        cut = np.zeros(B, dtype=bool)
+        h_new = np.minimum(safety * h * np.maximum(E, 1e-10) ** -exponent, np.where(accept, t - eps, 0.99 * h))
+        # The next increments: fresh draws, except the rows that cut an interval (h_b, Z_b) at h_new (the rejected
+        # ones, whose interval is the one just tried) or take a stacked one (cut too when it is longer than h_new);
+        # those take the bridge's rotation of (Z_b, xi) (`_BrownianStack`), exactly Z_b for a whole stacked interval.
+        xi = _randn_like(x, generator, out=draws[0] if Z is draws[1] else draws[1])
         if not redraw_rejected:
-            cut = ~accept  # the rejected intervals are cut at h_new < h
-            popped = np.flatnonzero(accept & (t > eps) & (stack.depth > 0))
-            if popped.size:  # accepted with a stacked interval: take it, cut to h_new if it is longer
-                hp, Wp = stack.pop(popped)
-                W.index_copy_(0, _on(popped, x), Wp)
-                base_h[popped] = hp
-                cut[popped] = h_new[popped] < hp
-                whole = popped[h_new[popped] >= hp]
-                h_new[whole] = base_h[whole]
-                a[whole] = 1.0
-        a = np.where(cut, np.divide(h_new, base_h, out=np.zeros(B), where=cut), a)
-        b = np.sqrt(h_new * (1.0 - a))
-        ca, cb = rows(a, b).unbind(0)
-        xi = _randn_like(x, generator)
-        W_new = own(torch.mul(W, ca)).addcmul_(xi, cb)
-        pushed = np.flatnonzero(cut)
-        if pushed.size:  # the rest of every cut interval: (h_b - h_new, W_base - W_new)
-            pd = _on(pushed, x)
-            stack.push(pushed, base_h[pushed] - h_new[pushed], W.index_select(0, pd).sub_(W_new.index_select(0, pd)))
-        h, W = h_new, W_new
+            idx, base_h, Zb = rejected, h[rejected], None
+            if rejected.size:
+                Zb = Z.index_select(0, rows_back)
+            if stack.size:
+                popped = np.flatnonzero(accept & (stack.depth > 0) & (t > eps))
+                if popped.size:
+                    hp, Zp = stack.pop(popped)
+                    h_new[popped] = np.minimum(h_new[popped], hp)  # a whole stacked interval when not longer
+                    idx, base_h = np.concatenate([idx, popped]), np.concatenate([base_h, hp])
+                    Zb = Zp if Zb is None else torch.cat([Zb, Zp])
+            if idx.size:
+                rho = h_new[idx] / base_h  # < 1 where cut, exactly 1 for a whole stacked interval
+                on_idx = _on(idx, x)
+                xr = xi.index_select(0, on_idx)
+                s, c = rows(np.stack([np.sqrt(rho), np.sqrt(1.0 - rho)])).unbind(0)
+                cut = np.flatnonzero(rho < 1.0)
+                if cut.size:  # the rest of each cut interval: (h_b - h_new, sqrt(1 - rho) Z_b - sqrt(rho) xi)
+                    rest = own(torch.mul(Zb, c)).addcmul_(xr, s, value=-1.0)
+                    if cut.size < idx.size:
+                        rest = rest.index_select(0, _on(cut, x))
+                    stack.push(idx[cut], base_h[cut] - h_new[idx[cut]], rest)
+                xi.index_copy_(0, on_idx, own(torch.mul(Zb, s)).addcmul_(xr, c))  # sqrt(rho) Z_b + sqrt(1 - rho) xi
+        h, Z = h_new, xi
         if not (t > eps).any():
             break
     solved = score.nfe

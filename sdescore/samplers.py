@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_bool, check_choice, check_data, check_eps, check_generator, check_int, check_real
-from ._score import CheckedScore, SampleResult
+from ._score import CheckedScore, SampleResult, _randn_like
 from .sde import SDE, ScoreFn, batch_view
 
 __all__ = [
@@ -30,10 +30,6 @@ __all__ = [
     "PREDICTORS",
     "CORRECTORS",
 ]
-
-
-def _randn_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 class Predictor(Protocol):

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats as sps
 import torch
 
 import sdescore as sds
@@ -347,6 +348,42 @@ def test_redrawing_rejected_noise_biases_the_adaptive_solver_and_the_brownian_br
     bridged = adaptive_sde_sample(sde, dm, x_T, rtol=0.02, eps=eps, generator=g)
     assert not sliced_ks_test(biased.x, law, generator=torch.Generator().manual_seed(5)).passed(LEVEL)
     assert sliced_ks_test(bridged.x, law, generator=torch.Generator().manual_seed(5)).passed(LEVEL)
+
+
+class _Brownian(SDE):
+    """dx = dw on [0, 1]: f = 0 (a linear drift, folded in), g = 1."""
+
+    def f(self, x, t):
+        return torch.zeros_like(x)
+
+    def linear_drift(self, t):
+        return torch.zeros_like(t)
+
+    def g(self, t):
+        return torch.ones_like(t)
+
+
+@pytest.mark.parametrize("rtol", [0.1, 0.02])
+def test_adaptive_sde_adds_exactly_one_brownian_path_whatever_it_rejects(rtol):
+    """With g = 1 and a score s(x, t) = k t that ignores x, the reverse drift is -k t and both proposals are exact
+    up to the noise (improved Euler integrates a linear function of t exactly): x_eps = x_T + k (T^2 - eps^2) / 2
+    + W, W the sum of the accepted increments. The tolerance sees |x'|, so which steps are rejected depends on the
+    noise; with the Brownian bridge W is still one Brownian path's increment over [eps, T], N(0, (T - eps) I)
+    exactly (KS test, level 1%). Redrawing the rejected noise instead selects the increments by size, and the same
+    test rejects it."""
+    k, eps, n = 8.0, 1e-3, 2000
+    sde = _Brownian()
+
+    def score(x, t):
+        return (k * t).to(x.dtype)[:, None].expand_as(x).clone()
+
+    x_T = torch.zeros(n, 2, dtype=torch.float64)
+    for redraw in (False, True):
+        out = adaptive_sde_sample(sde, score, x_T, rtol=rtol, atol=1e-3, eps=eps, redraw_rejected=redraw,
+                                  generator=torch.Generator().manual_seed(0))
+        z = (out.x - k * (sde.T**2 - eps**2) / 2) / math.sqrt(sde.T - eps)
+        p = sps.kstest(z.flatten().numpy(), "norm").pvalue
+        assert (p < LEVEL) == redraw, (redraw, p, out.nfe)
 
 
 def test_stochastic_samplers_are_reproducible_from_the_generator():
