@@ -1,6 +1,7 @@
 """The samplers' own work per evaluation at this checkout against another commit's, paired in one process.
 
     python bench/against_commit.py REV [--dims 2 16 64] [--samplers adaptive_ode adaptive_sde] [--repeats 15]
+                                       [--processes [--inner 15]]
 
 REV's `sdescore/` is extracted with `git archive` into a temporary directory under the name `sdescore_at_rev`
 (the package imports itself relatively, so it runs renamed) and imported next to this checkout's `sdescore`.
@@ -9,6 +10,12 @@ of the 3-layer MLP of `mlp.py`, batch 1024, VP-SDE, the budget and tolerances of
 table), alternately, each run followed by two MLP calls; the figures are the medians over the repeats of
 (own time per evaluation / MLP call) for each version, and of the per-repeat ratio new / old. Pairing in one
 process cancels most of the drift of a shared machine, which moves unpaired figures by tens of percent.
+
+In one process the two versions also share the allocator's heap, so a change in what a sampler allocates can read
+differently there than on its own (the adaptive SDE solver's reused buffers read 0.64-0.85 at d = 64 in one
+process and 0.85 in separate ones). `--processes` runs every measurement in a fresh process instead, old and new
+alternately, each process timing `--inner` runs and reporting the median of its shares; the table then also
+counts the pairs in which the new version was lower.
 
 Both packages register Tsitouras' pair with torchdiffeq under the name 'tsit5' (with their own step,
 `sdescore._rk`); each version's class is put back in torchdiffeq's table before each of its runs, so each
@@ -62,6 +69,47 @@ def sampler_call(pkg, name: str, sde_score, x_T: torch.Tensor, tsit5):
     return call
 
 
+def _share(pkg, name: str, dim: int, inner: int) -> float:
+    """In this process: the median over `inner` runs of (own time per evaluation / one MLP call) of sampler `name`
+    of package `pkg`, with the solver class that `pkg` registered as 'tsit5'."""
+    torch.manual_seed(0)
+    mlp = MLPScore(dim).eval()
+    x_T, xb, tb = torch.randn(1024, dim), torch.randn(1024, dim), torch.rand(1024)
+    with torch.inference_mode():
+        out = mlp(xb, tb)
+        call = sampler_call(pkg, name, lambda x, t: out, x_T, SOLVERS.get("tsit5"))
+        nfe = call().nfe
+        shares = []
+        for _ in range(inner):
+            t0 = time.perf_counter()
+            call()
+            own = (time.perf_counter() - t0) / nfe
+            t0 = time.perf_counter()
+            mlp(xb, tb)
+            mlp(xb, tb)
+            shares.append(own / ((time.perf_counter() - t0) / 2))
+    return float(np.median(shares))
+
+
+def _in_processes(args) -> None:
+    """--processes: every measurement in a fresh process, old and new alternately."""
+    with tempfile.TemporaryDirectory() as tmp:
+        load_at(args.rev, Path(tmp))  # extracted once; each worker imports it from there
+        print("| d | sampler | own work, old | own work, new | new / old (median of paired ratios) | new lower |")
+        print("|---|---|---|---|---|---|")
+        for dim in args.dims:
+            for name in args.samplers:
+                shares = {"old": [], "new": []}
+                for _ in range(args.repeats):
+                    for which in ("old", "new"):
+                        cmd = [sys.executable, __file__, args.rev, "--worker", which, "--old-path", tmp, "--dims",
+                               str(dim), "--samplers", name, "--inner", str(args.inner), "--threads", str(args.threads)]
+                        shares[which].append(float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout))
+                old, new = np.array(shares["old"]), np.array(shares["new"])
+                print(f"| {dim} | {name} | {100 * np.median(old):.1f} % | {100 * np.median(new):.1f} % | "
+                      f"{float(np.median(new / old)):.3f} | {int((new < old).sum())} of {len(old)} |", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision to compare against (e.g. HEAD~1)")
@@ -69,8 +117,23 @@ def main(argv=None) -> None:
     parser.add_argument("--samplers", nargs="+", default=["adaptive_ode", "adaptive_sde", "heun", "heun_churn"])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", action="store_true", help="measure each version in fresh processes")
+    parser.add_argument("--inner", type=int, default=15, help="runs timed per process with --processes")
+    parser.add_argument("--worker", choices=["old", "new"], help=argparse.SUPPRESS)
+    parser.add_argument("--old-path", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.worker is not None:  # one measurement, printed for the parent
+        if args.worker == "old":
+            sys.path.insert(0, args.old_path)
+            pkg = importlib.import_module("sdescore_at_rev")
+        else:
+            import sdescore as pkg
+        print(_share(pkg, args.samplers[0], args.dims[0], args.inner))
+        return
+    if args.processes:
+        _in_processes(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         native = SOLVERS.get("tsit5")
         old = load_at(args.rev, Path(tmp))
