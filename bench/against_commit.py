@@ -41,13 +41,28 @@ from mlp import MLPScore
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_at(rev: str, into: Path):
-    """Import `sdescore` as it is at git revision `rev`, under the name sdescore_at_rev."""
+def extract_at(rev: str, into: Path) -> None:
+    """Write `sdescore` as it is at git revision `rev` to into/sdescore_at_rev."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "sdescore"], check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
     (into / "sdescore").rename(into / "sdescore_at_rev")
+
+
+def import_from(into: Path):
+    """Import the sdescore_at_rev that `extract_at` wrote to `into`."""
     sys.path.insert(0, str(into))
     return importlib.import_module("sdescore_at_rev")
+
+
+def timed_share(call, nfe: int, mlp, xb: torch.Tensor, tb: torch.Tensor) -> float:
+    """One run of `call` (nfe evaluations): its time per evaluation over one MLP call timed right after it."""
+    t0 = time.perf_counter()
+    call()
+    own = (time.perf_counter() - t0) / nfe
+    t0 = time.perf_counter()
+    mlp(xb, tb)
+    mlp(xb, tb)
+    return own / ((time.perf_counter() - t0) / 2)
 
 
 def sampler_call(pkg, name: str, sde_score, x_T: torch.Tensor, tsit5):
@@ -79,22 +94,13 @@ def _share(pkg, name: str, dim: int, inner: int) -> float:
         out = mlp(xb, tb)
         call = sampler_call(pkg, name, lambda x, t: out, x_T, SOLVERS.get("tsit5"))
         nfe = call().nfe
-        shares = []
-        for _ in range(inner):
-            t0 = time.perf_counter()
-            call()
-            own = (time.perf_counter() - t0) / nfe
-            t0 = time.perf_counter()
-            mlp(xb, tb)
-            mlp(xb, tb)
-            shares.append(own / ((time.perf_counter() - t0) / 2))
-    return float(np.median(shares))
+        return float(np.median([timed_share(call, nfe, mlp, xb, tb) for _ in range(inner)]))
 
 
 def _in_processes(args) -> None:
     """--processes: every measurement in a fresh process, old and new alternately."""
     with tempfile.TemporaryDirectory() as tmp:
-        load_at(args.rev, Path(tmp))  # extracted once; each worker imports it from there
+        extract_at(args.rev, Path(tmp))  # once; each worker imports it from there
         print("| d | sampler | own work, old | own work, new | new / old (median of paired ratios) | new lower |")
         print("|---|---|---|---|---|---|")
         for dim in args.dims:
@@ -125,8 +131,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     if args.worker is not None:  # one measurement, printed for the parent
         if args.worker == "old":
-            sys.path.insert(0, args.old_path)
-            pkg = importlib.import_module("sdescore_at_rev")
+            pkg = import_from(Path(args.old_path))
         else:
             import sdescore as pkg
         print(_share(pkg, args.samplers[0], args.dims[0], args.inner))
@@ -136,7 +141,8 @@ def main(argv=None) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         native = SOLVERS.get("tsit5")
-        old = load_at(args.rev, Path(tmp))
+        extract_at(args.rev, Path(tmp))
+        old = import_from(Path(tmp))
         old_tsit5 = SOLVERS.get("tsit5")
         if old_tsit5 is not native:  # sdescore registers 'tsit5' only where the name is free
             del SOLVERS["tsit5"]
@@ -163,13 +169,7 @@ def main(argv=None) -> None:
                     shares = {"old": [], "new": []}
                     for _ in range(args.repeats):
                         for k, f in calls.items():
-                            t0 = time.perf_counter()
-                            f()
-                            own = (time.perf_counter() - t0) / nfe[k]
-                            t0 = time.perf_counter()
-                            mlp(xb, tb)
-                            mlp(xb, tb)
-                            shares[k].append(own / ((time.perf_counter() - t0) / 2))
+                            shares[k].append(timed_share(f, nfe[k], mlp, xb, tb))
                     ratio = float(np.median(np.array(shares["new"]) / np.array(shares["old"])))
                     print(f"| {dim} | {name} | {nfe['old']} / {nfe['new']} | {100 * np.median(shares['old']):.1f} % | "
                           f"{100 * np.median(shares['new']):.1f} % | {ratio:.3f} |", flush=True)

@@ -519,7 +519,6 @@ class _BrownianStack:
         self.B = like.shape[0]
         self.h = np.zeros((self.B, 2))
         self.depth = np.zeros(self.B, dtype=np.int64)
-        self.size = 0  # intervals on all stacks
         self.Z = like.new_zeros((2 * self.B, *like.shape[1:]))
 
     def push(self, idx: np.ndarray, h: np.ndarray, Z: Tensor) -> None:
@@ -531,14 +530,17 @@ class _BrownianStack:
         self.h[idx, d] = h
         self.Z.index_copy_(0, _on(d * self.B + idx, Z), Z)
         self.depth[idx] = d + 1
-        self.size += idx.size
 
     def pop(self, idx: np.ndarray) -> tuple[np.ndarray, Tensor]:
         """Pop the top interval (h, Z) of the stacks of the samples idx (each non-empty)."""
         d = self.depth[idx] - 1
         self.depth[idx] = d
-        self.size -= idx.size
         return self.h[idx, d], self.Z.index_select(0, _on(d * self.B + idx, self.Z))
+
+
+def _other(pair: list[Tensor], current: Tensor) -> Tensor:
+    """The buffer of `pair` that is not `current` (either one when `current` is neither)."""
+    return pair[1] if current is pair[0] else pair[0]
 
 
 def _on(a: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -649,15 +651,15 @@ def adaptive_sde_sample(
     norm_dtype = torch.float32 if x.dtype in HALF_DTYPES else None  # a half-precision sum of squares overflows
     abs_prev = x.detach().abs().clamp_min_(floor)
     coef = np.empty((8, B))
-    # Whole-batch work buffers, reused: a fresh CPU tensor of a few hundred KiB comes from newly mapped memory,
-    # whose page faults cost more than the operation that fills it (about 8x at d = 64 in bench/samplers.py's
-    # overhead run). Two of each for what lives across an iteration (x' becomes the state, |x'| the next |x'_prev|,
-    # the draw the next Z), one for v and the error's denominator. Where autograd records the proposals (a score
+    # Whole-batch work buffers, reused: a fresh CPU tensor of a few hundred KiB is often newly mapped memory, whose
+    # first writes cost more than the operation that fills it (torch.maximum: 210 us in the solver against 31 us
+    # into a buffer at d = 64, docs/benchmarks.md). Two of each for what lives across an iteration (x' becomes the
+    # state, |x'| the next |x'_prev|, the draw the next Z; `_other` picks the free one), one for v and the error's
+    # denominator. Where autograd records the proposals (a score
     # or x_T that requires grad) they are formed out of place instead.
     states, abses, draws = ([torch.empty_like(x, requires_grad=False) for _ in range(2)] for _ in range(3))
     v_buf, den = torch.empty_like(x, requires_grad=False), torch.empty_like(x, requires_grad=False)
-    Z = _randn_like(x, generator, out=draws[1])
-    it = 0
+    Z = _randn_like(x, generator, out=draws[0])
     while True:
         if score.nfe + 2 > max_evals:
             raise RuntimeError(
@@ -683,8 +685,7 @@ def adaptive_sde_sample(
         c0, c3, c1, c4, c2, c5, c6, c7 = rows(coef).unbind(0)
         s1 = score(x, own(c6.reshape(B)))
         track = x.requires_grad or s1.requires_grad
-        it += 1
-        out, v_out = (None, None) if track else (states[it % 2], v_buf)
+        out, v_out = (None, None) if track else (_other(states, x), v_buf)
         x1 = own(torch.mul(x, c0, out=out) if linear else torch.addcmul(x, c0, sde.f(x, t64[:B]), value=-1.0, out=out))
         x1 = x1.addcmul_(c1, s1).addcmul_(c2, Z)  # x' = x - h b(x, t) + g(t) W
         s2 = score(x1, own(c7.reshape(B)))
@@ -694,7 +695,7 @@ def adaptive_sde_sample(
         else:
             v = own(torch.addcmul(x, c3, sde.f(x1, t64[B:]), value=-1.0, out=v_out)).sub_(x1)
         v = v.addcmul_(c4, s2).addcmul_(c5, Z)
-        a1 = torch.abs(x1.detach(), out=abses[it % 2])
+        a1 = torch.abs(x1.detach(), out=_other(abses, abs_prev))
         torch.maximum(a1, abs_prev, out=den)
         a1.clamp_min_(floor)
         # accepted: x'' = x' + v / 2 (and x' becomes x'_prev); rejected samples keep their state below.
@@ -723,18 +724,14 @@ def adaptive_sde_sample(
         # The next increments: fresh draws, except the rows that cut an interval (h_b, Z_b) at h_new (the rejected
         # ones, whose interval is the one just tried) or take a stacked one (cut too when it is longer than h_new);
         # those take the bridge's rotation of (Z_b, xi) (`_BrownianStack`), exactly Z_b for a whole stacked interval.
-        xi = _randn_like(x, generator, out=draws[0] if Z is draws[1] else draws[1])
+        xi = _randn_like(x, generator, out=_other(draws, Z))
         if not redraw_rejected:
-            idx, base_h, Zb = rejected, h[rejected], None
-            if rejected.size:
-                Zb = Z.index_select(0, rows_back)
-            if stack.size:
-                popped = np.flatnonzero(accept & (stack.depth > 0) & (t > eps))
-                if popped.size:
-                    hp, Zp = stack.pop(popped)
-                    h_new[popped] = np.minimum(h_new[popped], hp)  # a whole stacked interval when not longer
-                    idx, base_h = np.concatenate([idx, popped]), np.concatenate([base_h, hp])
-                    Zb = Zp if Zb is None else torch.cat([Zb, Zp])
+            idx, base_h, Zb = rejected, h[rejected], Z.index_select(0, _on(rejected, x))
+            popped = np.flatnonzero(accept & (stack.depth > 0) & (t > eps))
+            if popped.size:
+                hp, Zp = stack.pop(popped)
+                h_new[popped] = np.minimum(h_new[popped], hp)  # a whole stacked interval when not longer
+                idx, base_h, Zb = np.concatenate([idx, popped]), np.concatenate([base_h, hp]), torch.cat([Zb, Zp])
             if idx.size:
                 rho = h_new[idx] / base_h  # < 1 where cut, exactly 1 for a whole stacked interval
                 on_idx = _on(idx, x)

@@ -114,8 +114,8 @@ def test_energy_test_is_exact_under_the_null_and_detects_a_shift():
     permutations can give."""
     m = ring()
     gen = torch.Generator().manual_seed(1)
-    assert_exact([energy_test(m.sample(60, gen), m.sample(60, gen), n_permutations=49,
-                                              generator=gen).p_value for _ in range(RUNS)])
+    assert_exact([energy_test(m.sample(60, gen), m.sample(60, gen), n_permutations=49, generator=gen).p_value
+                  for _ in range(RUNS)])
     shifted = m.sample(400, gen) + torch.tensor([1.6, 0.0], dtype=f64)
     assert energy_test(m.sample(400, gen), shifted, n_permutations=199, generator=gen).p_value == 1 / 200
 
@@ -158,7 +158,7 @@ def test_mode_weight_test_recovers_weights_and_detects_wrong_ones():
     m = random_anisotropic(2, 4, seed=3)
     gen = torch.Generator().manual_seed(2)
     assert_exact([mode_weight_test(m.sample(200, gen), m, n_reference=4000, generator=gen).p_value
-                                  for _ in range(RUNS)])
+                  for _ in range(RUNS)])
     res = mode_weight_test(m.sample(4000, gen), m, generator=gen)
     assert res.detail["max_abs_error"] < 0.05
     other = GaussianMixture(torch.tensor([0.4, 0.2, 0.2, 0.2]), m.means, m.covs)
@@ -171,7 +171,7 @@ def test_log_density_ks_is_calibrated_and_sees_the_spread_within_modes():
     m = ring()
     gen = torch.Generator().manual_seed(6)
     assert_exact([log_density_ks_test(m.sample(100, gen), m, n_reference=1000, generator=gen).p_value
-                                  for _ in range(RUNS)])
+                  for _ in range(RUNS)])
     wide = ring(std=0.6).sample(1000, gen)
     assert log_density_ks_test(wide, m, generator=gen).p_value < 1e-6
     assert sliced_ks_test(wide, m, generator=gen).passed(V.LEVEL)
@@ -297,7 +297,7 @@ def test_statistical_tolerances_are_the_stated_levels():
 
 
 # ---------------------------------------------------------------------- seed study
-def _p_rows(ps, name="p, a test: of a sampler"):
+def _p_rows(ps):
     """One run per p-value: a row recorded by Context.accepts for a test that returned p."""
     runs = []
     for p in ps:

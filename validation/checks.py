@@ -632,11 +632,19 @@ def _losses(ctx: Context) -> None:
 
 
 # ---------------------------------------------------------------------- samplers from the exact score
+def _spread_test(x: Tensor, law: GaussianMixture, gen: torch.Generator) -> TestResult:
+    """The spread of samples x within the modes of a law: KS of log p(x) against 10 n exact draws."""
+    return log_density_ks_test(x, law, n_reference=10 * x.shape[0], generator=gen)
+
+
+def _spread_note(result: TestResult) -> str:
+    return f"mean log p {result.detail['mean_log_p']:.3f}, exact {result.detail['reference_mean_log_p']:.3f}"
+
+
 def _law_tests(x: Tensor, law: GaussianMixture, gen: torch.Generator) -> tuple[TestResult, TestResult, TestResult]:
     """The three tests of samples x against a law, in this order from one generator: the 1-D projections (sliced KS),
-    the mass of each mode (mode weights) and the spread within the modes (KS of log p(x) against 10 n exact draws)."""
-    return (sliced_ks_test(x, law, generator=gen), mode_weight_test(x, law, generator=gen),
-            log_density_ks_test(x, law, n_reference=10 * x.shape[0], generator=gen))
+    the mass of each mode (mode weights) and the spread within the modes (`_spread_test`)."""
+    return (sliced_ks_test(x, law, generator=gen), mode_weight_test(x, law, generator=gen), _spread_test(x, law, gen))
 
 
 def _sample_rows(ctx: Context, name: str, sde: SDE, target: GaussianMixture, x: Tensor, what: str) -> None:
@@ -644,8 +652,7 @@ def _sample_rows(ctx: Context, name: str, sde: SDE, target: GaussianMixture, x: 
     ks, w, spread = _law_tests(x, target.marginal(sde, EPS), ctx.generator(name, what, "test"))
     ctx.accepts(name, what, ks)
     ctx.accepts(name, what, w, note=f"max |w - w_true| = {w.detail['max_abs_error']:.3f}")
-    ctx.accepts(name, what, spread, note=f"mean log p {spread.detail['mean_log_p']:.3f}, "
-                                         f"exact {spread.detail['reference_mean_log_p']:.3f}")
+    ctx.accepts(name, what, spread, note=_spread_note(spread))
 
 
 @register("reverse_sde", quick=True)
@@ -726,10 +733,8 @@ def _adaptive_sde(ctx: Context) -> None:
             out = sdescore.adaptive_sde_sample(sde, p, x_T, rtol=rtol, eps=EPS, generator=gen, redraw_rejected=redraw)
             what = f"adaptive SDE, rtol {rtol:g}, {'redrawn' if redraw else 'bridged'} noise"
             if redraw:  # the published variant: the accepted increments are selected by size
-                spread = log_density_ks_test(out.x, target.marginal(sde, EPS), n_reference=10 * n,
-                                             generator=ctx.generator(name, what, "test"))
-                ctx.rejects(name, what, spread, note=f"mean log p {spread.detail['mean_log_p']:.3f}, "
-                                                     f"exact {spread.detail['reference_mean_log_p']:.3f}; nfe {out.nfe}")
+                spread = _spread_test(out.x, target.marginal(sde, EPS), ctx.generator(name, what, "test"))
+                ctx.rejects(name, what, spread, note=f"{_spread_note(spread)}; nfe {out.nfe}")
             else:
                 _sample_rows(ctx, name, sde, target, out.x, what)
 
