@@ -189,8 +189,10 @@ def measure_overhead(dims, batch, budget, repeats, log, *, fixed_only: bool = Fa
     (b) directly: the sampler run with a free score (returning a precomputed MLP output: same shapes, no work),
         per evaluation, over the time of one MLP call timed right after it in the same repeat; the median over
         the repeats of these paired ratios (the MLP's own speed drifts by tens of percent on a shared machine).
-    Besides the samplers: adaptive_ode with torchdiffeq's own dopri5 step, and one Gaussian draw of the batch
-    (torch.randn, the floor of every stochastic sampler's own work), both as (b).
+    Besides the samplers, as (b): adaptive_ode with torchdiffeq's own dopri5 step; one Gaussian draw of the batch
+    (torch.randn, the floor of every stochastic sampler's own work); and the adaptive SDE solver's whole-batch
+    floor (`adaptive_sde_floor`: its draw and twelve whole-batch operations per iteration, without the host's
+    step-size control).
     """
     rows = []
     sde, eps = sds.VPSDE(), 1e-3
@@ -272,7 +274,44 @@ def measure_overhead(dims, batch, budget, repeats, log, *, fixed_only: bool = Fa
                          "mlp_ms": None, "overhead_pct": None, "own_us_per_eval": 1e6 * min(draws),
                          "mlp_call_us": 1e6 * t_call, "own_pct": 100 * own})
             log(f"  overhead d={dim} randn: (b) {100 * own:.1f}%")
+            if not fixed_only:
+                iterations, per_eval, paired = 25, [], []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    adaptive_sde_floor(x_T, out, iterations, g)
+                    per_eval.append((time.perf_counter() - t0) / (2 * iterations))
+                    paired.append(per_eval[-1] / _mlp_call(mlp, xb, tb))
+                own = float(np.median(paired))
+                rows.append({"dim": dim, "sampler": "adaptive_sde's whole-batch floor", "nfe": None,
+                             "sampler_ms": None, "mlp_ms": None, "overhead_pct": None,
+                             "own_us_per_eval": 1e6 * min(per_eval), "mlp_call_us": 1e6 * t_call, "own_pct": 100 * own})
+                log(f"  overhead d={dim} adaptive_sde floor: (b) {100 * own:.1f}%")
     return rows
+
+
+def adaptive_sde_floor(x_T: torch.Tensor, s: torch.Tensor, iterations: int, generator: torch.Generator) -> None:
+    """The whole-batch part of `iterations` iterations of sdescore's adaptive SDE solver and nothing else.
+
+    Per iteration, as in `adaptive_sde_sample`: one Gaussian draw of the batch, its twelve whole-batch operations
+    (each proposal's three fused multiply-adds, |x'|, the maxima with |x'_prev| and with the floor, x'' = x' + v / 2,
+    the scaled error and its norm) into reused buffers, and the error's copy to the host; with fixed per-sample
+    coefficient rows, the score's output `s` given, and no step-size control or Brownian bridge. Any eager-PyTorch
+    implementation of the algorithm makes at least this work per iteration (two evaluations).
+    """
+    c0, c1, c2, c3, c4, c5 = 0.5 + 0.5 * torch.rand(6, x_T.shape[0], 1, generator=generator)
+    states, abses = [torch.empty_like(x_T) for _ in range(2)], [torch.empty_like(x_T) for _ in range(2)]
+    Z, v, den = torch.empty_like(x_T), torch.empty_like(x_T), torch.empty_like(x_T)
+    x, abs_prev = x_T, x_T.abs().clamp_min(0.1)
+    for k in range(iterations):
+        torch.randn(x.shape, generator=generator, out=Z)
+        x1 = torch.mul(x, c0, out=states[k % 2]).addcmul_(c1, s).addcmul_(c2, Z)
+        torch.addcmul(x, c3, x1, out=v).addcmul_(c4, s).addcmul_(c5, Z)
+        a1 = torch.abs(x1, out=abses[k % 2])
+        torch.maximum(a1, abs_prev, out=den)
+        a1.clamp_min_(0.1)
+        x1.add_(v, alpha=0.5)
+        torch.linalg.vector_norm(v.div_(den), dim=1).cpu()
+        x, abs_prev = x1, a1
 
 
 def _mlp_call(mlp, x: torch.Tensor, t: torch.Tensor, calls: int = 3) -> float:
@@ -422,7 +461,7 @@ def overhead_table(rows: list[dict], batch: int) -> list[str]:
              "| d | sampler | nfe | with MLP (ms) | bare MLP calls (ms) | (a) overhead | own work per eval (µs) | MLP call (µs) | (b) overhead |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        if r["nfe"] is None:  # a reference row: one Gaussian draw
+        if r["nfe"] is None:  # a reference row: one Gaussian draw, the adaptive SDE solver's floor
             lines.append(f"| {r['dim']} | {r['sampler']} | — | — | — | — | {r['own_us_per_eval']:.0f} | "
                          f"{r['mlp_call_us']:.0f} | {r['own_pct']:.1f}% |")
             continue

@@ -509,33 +509,73 @@ class _BrownianStack:
     independent standard normals with sqrt(h') Z' + sqrt(h - h') Z'' = sqrt(h) Z. The rest (h - h', Z'') is pushed
     on the sample's stack, to be used before any fresh noise. A rejected step is cut this way, and so is a stacked
     interval longer than the next step. The path is then a true Brownian path whatever the accept/reject
-    decisions, so the law of the solution does not depend on the tolerance through the rejections. The interval
-    lengths live on the host with the step-size controller (float64 numpy), the increments on the state's device,
-    in one (depth * B, *dims) tensor whose row d * B + i is level d of sample i: pushes and pops are one
-    index_copy_ / index_select, and growing the stacks appends rows.
+    decisions, so the law of the solution does not depend on the tolerance through the rejections.
+
+    The interval lengths live on the host with the step-size controller (float64 numpy), the increments on the
+    state's device in one ((depth + 1) B, *dims) tensor: rows [0, B) are the current increments (`current`, the
+    next proposal's Z), row (l + 1) B + i is level l of sample i's stack. So one iteration's bridge, over the
+    rejected and the popping rows together, is two gathers, one rotation and one scatter (`advance`).
     """
 
-    def __init__(self, like: Tensor):
+    def __init__(self, like: Tensor, generator: torch.Generator | None):
         self.B = like.shape[0]
         self.h = np.zeros((self.B, 2))
         self.depth = np.zeros(self.B, dtype=np.int64)
-        self.Z = like.new_zeros((2 * self.B, *like.shape[1:]))
+        self.Z = like.new_zeros((3 * self.B, *like.shape[1:]), requires_grad=False)
+        self.generator = generator
+        self.draw()
 
-    def push(self, idx: np.ndarray, h: np.ndarray, Z: Tensor) -> None:
-        """Push the intervals (h[i], Z[i]) on the stacks of the samples idx[i]."""
-        d = self.depth[idx]
-        if int(d.max()) + 1 > self.h.shape[1]:  # double the depth
+    @property
+    def current(self) -> Tensor:
+        """The increments Z of the next proposal, (B, *dims)."""
+        return self.Z[: self.B]
+
+    def draw(self) -> None:
+        """Fresh increments for every sample (`current` drawn anew)."""
+        _randn_like(self.current, self.generator, out=self.current)
+
+    def advance(self, rejected: np.ndarray, popped: np.ndarray, h: np.ndarray, h_new: np.ndarray,
+                coefficients: Callable[[np.ndarray], Tensor]) -> None:
+        """Make `current` the increments over the next steps [t - h_new, t]: fresh draws, except
+
+        - the rejected samples, whose interval (h, current) is cut at h_new;
+        - the samples `popped` (accepted, with a non-empty stack), which take their top interval, cut at h_new when
+          longer (h_new is lowered to its length when not).
+
+        coefficients(a) turns a host (2, n) array into per-row coefficient tensors on the device, (2, n, 1, ..., 1).
+        """
+        B = self.B
+        level = self.depth[popped] - 1
+        self.depth[popped] = level
+        h_pop = self.h[popped, level]
+        h_new[popped] = np.minimum(h_new[popped], h_pop)  # a whole stacked interval when not longer
+        idx = np.concatenate([rejected, popped])
+        if not idx.size:
+            self.draw()
+            return
+        base = np.concatenate([h[rejected], h_pop])
+        rho = h_new[idx] / base  # < 1 where cut (every rejected sample), exactly 1 for a whole stacked interval
+        top = self.depth[idx]  # the level the rest of a cut interval goes to
+        if int(top.max()) + 1 > self.h.shape[1]:  # double the depth
             self.h = np.concatenate([self.h, np.zeros_like(self.h)], 1)
-            self.Z = torch.cat([self.Z, torch.zeros_like(self.Z)])
-        self.h[idx, d] = h
-        self.Z.index_copy_(0, _on(d * self.B + idx, Z), Z)
-        self.depth[idx] = d + 1
-
-    def pop(self, idx: np.ndarray) -> tuple[np.ndarray, Tensor]:
-        """Pop the top interval (h, Z) of the stacks of the samples idx (each non-empty)."""
-        d = self.depth[idx] - 1
-        self.depth[idx] = d
-        return self.h[idx, d], self.Z.index_select(0, _on(d * self.B + idx, self.Z))
+            self.Z = torch.cat([self.Z, torch.zeros_like(self.Z[B:])])
+        # rows of Z: [the base increments, twice;  the samples' current rows, twice;  where Z' and the rest go]
+        # (a whole stacked interval has no rest: its row, not used, goes to the level it was popped from, now free)
+        source = np.concatenate([rejected, (level + 1) * B + popped])
+        at = _on(np.concatenate([source, source, idx, idx, idx, (top + 1) * B + idx]), self.Z)
+        k = idx.size
+        base_Z = self.Z.index_select(0, at[: 2 * k])
+        self.draw()
+        xi = self.Z.index_select(0, at[2 * k: 4 * k])
+        s, c = np.sqrt(rho), np.sqrt(1.0 - rho)
+        a, b = coefficients(np.stack([np.concatenate([s, c]), np.concatenate([c, -s])])).unbind(0)
+        # [Z'; Z''] = [sqrt(rho) Z_b + sqrt(1 - rho) xi;  sqrt(1 - rho) Z_b - sqrt(rho) xi]
+        rotated = torch.mul(base_Z, a)
+        rotated = (rotated if rotated.dtype == self.Z.dtype else rotated.to(self.Z.dtype)).addcmul_(xi, b)
+        self.Z.index_copy_(0, at[4 * k:], rotated)
+        cut = rho < 1.0
+        self.h[idx[cut], top[cut]] = base[cut] - h_new[idx[cut]]
+        self.depth[idx[cut]] += 1
 
 
 def _other(pair: list[Tensor], current: Tensor) -> Tensor:
@@ -642,7 +682,7 @@ def adaptive_sde_sample(
     # so a fresh increment is the Gaussian draw itself.
     # A linear drift f = a(t) x (SDE.drift_is_linear) folds into the coefficients: x - h f(x, t) = (1 - h a) x.
     linear = sde.drift_is_linear
-    stack = _BrownianStack(x)
+    stack = _BrownianStack(x, generator)
     t = np.full(B, float(sde.T))
     h = np.full(B, min(h_init, sde.T - eps))
     # E = ||(x' - x~) / max(|x'|, |x'_prev|, atol / rtol)||_2 / (2 rtol sqrt(D)), since x' - x'' = (x' - x~) / 2;
@@ -654,12 +694,11 @@ def adaptive_sde_sample(
     # Whole-batch work buffers, reused: a fresh CPU tensor of a few hundred KiB is often newly mapped memory, whose
     # first writes cost more than the operation that fills it (torch.maximum: 210 us in the solver against 31 us
     # into a buffer at d = 64, docs/benchmarks.md). Two of each for what lives across an iteration (x' becomes the
-    # state, |x'| the next |x'_prev|, the draw the next Z; `_other` picks the free one), one for v and the error's
-    # denominator. Where autograd records the proposals (a score
-    # or x_T that requires grad) they are formed out of place instead.
-    states, abses, draws = ([torch.empty_like(x, requires_grad=False) for _ in range(2)] for _ in range(3))
+    # state, |x'| the next |x'_prev|; `_other` picks the free one), one for v and the error's denominator; the
+    # increments live in the stack's tensor. Where autograd records the proposals (a score or x_T that requires
+    # grad) they are formed out of place instead.
+    states, abses = ([torch.empty_like(x, requires_grad=False) for _ in range(2)] for _ in range(2))
     v_buf, den = torch.empty_like(x, requires_grad=False), torch.empty_like(x, requires_grad=False)
-    Z = _randn_like(x, generator, out=draws[0])
     while True:
         if score.nfe + 2 > max_evals:
             raise RuntimeError(
@@ -682,6 +721,7 @@ def adaptive_sde_sample(
         else:
             coef[0:2] = h
             t64 = torch.from_numpy(times.reshape(2 * B).copy()).to(x.device)
+        Z = stack.current
         c0, c3, c1, c4, c2, c5, c6, c7 = rows(coef).unbind(0)
         s1 = score(x, own(c6.reshape(B)))
         track = x.requires_grad or s1.requires_grad
@@ -719,33 +759,18 @@ def adaptive_sde_sample(
         x, abs_prev = x_new, a1
         t = np.where(accept, times[1], t)
         t[t - eps < 1e-12] = eps  # land exactly on eps
+        active = t > eps
         # rejected: retry on [t - h', t] with h' < h; accepted: the next step (0 once at eps, which freezes the sample)
         h_new = np.minimum(safety * h * np.maximum(E, 1e-10) ** -exponent, np.where(accept, t - eps, 0.99 * h))
-        # The next increments: fresh draws, except the rows that cut an interval (h_b, Z_b) at h_new (the rejected
-        # ones, whose interval is the one just tried) or take a stacked one (cut too when it is longer than h_new);
-        # those take the bridge's rotation of (Z_b, xi) (`_BrownianStack`), exactly Z_b for a whole stacked interval.
-        xi = _randn_like(x, generator, out=_other(draws, Z))
-        if not redraw_rejected:
-            idx, base_h, Zb = rejected, h[rejected], Z.index_select(0, _on(rejected, x))
-            popped = np.flatnonzero(accept & (stack.depth > 0) & (t > eps))
-            if popped.size:
-                hp, Zp = stack.pop(popped)
-                h_new[popped] = np.minimum(h_new[popped], hp)  # a whole stacked interval when not longer
-                idx, base_h, Zb = np.concatenate([idx, popped]), np.concatenate([base_h, hp]), torch.cat([Zb, Zp])
-            if idx.size:
-                rho = h_new[idx] / base_h  # < 1 where cut, exactly 1 for a whole stacked interval
-                on_idx = _on(idx, x)
-                xr = xi.index_select(0, on_idx)
-                s, c = rows(np.stack([np.sqrt(rho), np.sqrt(1.0 - rho)])).unbind(0)
-                cut = np.flatnonzero(rho < 1.0)
-                if cut.size:  # the rest of each cut interval: (h_b - h_new, sqrt(1 - rho) Z_b - sqrt(rho) xi)
-                    rest = own(torch.mul(Zb, c)).addcmul_(xr, s, value=-1.0)
-                    if cut.size < idx.size:
-                        rest = rest.index_select(0, _on(cut, x))
-                    stack.push(idx[cut], base_h[cut] - h_new[idx[cut]], rest)
-                xi.index_copy_(0, on_idx, own(torch.mul(Zb, s)).addcmul_(xr, c))  # sqrt(rho) Z_b + sqrt(1 - rho) xi
-        h, Z = h_new, xi
-        if not (t > eps).any():
+        # The next increments: fresh draws, except the rows that cut an interval (the rejected ones, whose interval
+        # is the one just tried) or take a stacked one (cut too when it is longer than h_new): those take the
+        # bridge's rotation (`_BrownianStack`). The published algorithm draws them all afresh.
+        if redraw_rejected:
+            stack.draw()
+        else:
+            stack.advance(rejected, np.flatnonzero(accept & (stack.depth > 0) & active), h, h_new, rows)
+        h = h_new
+        if not active.any():
             break
     solved = score.nfe
     if denoise:
