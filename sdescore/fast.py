@@ -739,8 +739,8 @@ def adaptive_sde_sample(
         torch.maximum(a1, abs_prev, out=den)
         a1.clamp_min_(floor)
         # accepted: x'' = x' + v / 2 (and x' becomes x'_prev); rejected samples keep their state below.
-        # Out of place where autograd records: it may need x1, the score's input.
-        x_new = torch.add(x1, v, alpha=0.5) if x1.requires_grad else x1.add_(v, alpha=0.5)
+        # Out of place where autograd records (the same test as for the buffers): it may need x1, the score's input.
+        x_new = torch.add(x1, v, alpha=0.5) if track else x1.add_(v, alpha=0.5)
         E = torch.linalg.vector_norm(v.detach().div_(den).flatten(1), dim=1, dtype=norm_dtype)
         # the error to the host, the one synchronisation of the iteration; the controller's factor E^-exponent there
         E = E.cpu().numpy().astype(np.float64) * scale

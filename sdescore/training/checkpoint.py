@@ -153,9 +153,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
         raise ValueError(f"checkpoint {path} is not a regular file (a directory?); pass the checkpoint file's path.")
     damaged = f"{path} is not a readable checkpoint"
     remedy = "the file is damaged or not a torch.save file; restore a copy, or train with resume=False"
-    # One open file serves the check and the load: the bytes checked are the bytes loaded, even if another process
-    # replaces the path (save_checkpoint's atomic rename) in between.
-    with open(path, "rb") as file:
+    with open(path, "rb") as file:  # one open file for the check and the load (the docstring says why)
         # torch.load does not verify the CRC-32 of the zip records torch.save writes: a flipped byte in a tensor
         # record would load as wrong weights and be saved again with a fresh CRC. Check every record first.
         if zipfile.is_zipfile(file):
