@@ -295,8 +295,8 @@ def adaptive_sde_floor(x_T: torch.Tensor, s: torch.Tensor, iterations: int, gene
     Per iteration, as in `adaptive_sde_sample`: one Gaussian draw of the batch, its twelve whole-batch operations
     (each proposal's three fused multiply-adds, |x'|, the maxima with |x'_prev| and with the floor, x'' = x' + v / 2,
     the scaled error and its norm) into reused buffers, and the error's copy to the host; with fixed per-sample
-    coefficient rows, the score's output `s` given, and no step-size control or Brownian bridge. Any eager-PyTorch
-    implementation of the algorithm makes at least this work per iteration (two evaluations).
+    coefficient rows, the score's output `s` given, and no step-size control or Brownian bridge. sdescore's
+    formulation cannot do less per iteration (two evaluations); the draw is a floor for any implementation.
     """
     c0, c1, c2, c3, c4, c5 = 0.5 + 0.5 * torch.rand(6, x_T.shape[0], 1, generator=generator)
     states, abses = [torch.empty_like(x_T) for _ in range(2)], [torch.empty_like(x_T) for _ in range(2)]
