@@ -8,7 +8,7 @@ probability-flow ODE once written in the scaled state y = x / alpha and the nois
 
 where D(x, t) = E[x0 | x_t = x] is the denoiser (Tweedie) and eps_hat the noise prediction. With the half
 log-SNR lambda = log(alpha / std) = -log sigma as the time variable, the variation-of-constants formula is
-exact for the linear part (Lu et al. 2022a, eq. 3.4; 2022b, eq. 8):
+exact for the linear part (Lu et al. 2022a, eq. 3.4; 2022b, its data-prediction form):
 
     x_s = alpha_s / alpha_t x_t - alpha_s int_{lambda_t}^{lambda_s} e^{-lambda} eps_hat d lambda          (noise form)
     x_s = std_s / std_t x_t + std_s int_{lambda_t}^{lambda_s} e^{lambda} D d lambda                      (data form)
@@ -485,8 +485,9 @@ def dpm_solver_pp_sample(
 ) -> SampleResult:
     """DPM-Solver++(kM), k = 1, 2, 3: the multistep exponential integrator with data prediction D = E[x0 | x_t].
 
-    Lu et al. (2022b), eq. 8 and algorithm 2: x_s = std_s / std_t x_t + std_s int e^{lambda} D d lambda with D
-    extrapolated linearly (2M) or quadratically (3M) from the last evaluations; one evaluation per step.
+    Lu et al. (2022b), algorithm 2, on the data-prediction form of the exact solution,
+    x_s = std_s / std_t x_t + std_s int e^{lambda} D d lambda, with D extrapolated linearly (2M) or quadratically
+    (3M) from the last evaluations; one evaluation per step.
     Arguments as in `dpm_solver_sample` (always multistep).
     """
     order = _check_order(order, (1, 2, 3))
