@@ -84,12 +84,17 @@ def sampler_call(pkg, name: str, sde_score, x_T: torch.Tensor, tsit5):
     return call
 
 
+def problem(dim: int) -> tuple[MLPScore, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MLP score of dimension `dim` (seed 0), x_T, and the batch (xb, tb) it is timed on: batch 1024."""
+    torch.manual_seed(0)
+    mlp = MLPScore(dim).eval()
+    return mlp, torch.randn(1024, dim), torch.randn(1024, dim), torch.rand(1024)
+
+
 def _share(pkg, name: str, dim: int, inner: int) -> float:
     """In this process: the median over `inner` runs of (own time per evaluation / one MLP call) of sampler `name`
     of package `pkg`, with the solver class that `pkg` registered as 'tsit5'."""
-    torch.manual_seed(0)
-    mlp = MLPScore(dim).eval()
-    x_T, xb, tb = torch.randn(1024, dim), torch.randn(1024, dim), torch.rand(1024)
+    mlp, x_T, xb, tb = problem(dim)
     with torch.inference_mode():
         out = mlp(xb, tb)
         call = sampler_call(pkg, name, lambda x, t: out, x_T, SOLVERS.get("tsit5"))
@@ -153,9 +158,7 @@ def main(argv=None) -> None:
         print("| d | sampler | nfe old / new | own work, old | own work, new | new / old (median of paired ratios) |")
         print("|---|---|---|---|---|---|")
         for dim in args.dims:
-            torch.manual_seed(0)
-            mlp = MLPScore(dim).eval()
-            x_T, xb, tb = torch.randn(1024, dim), torch.randn(1024, dim), torch.rand(1024)
+            mlp, x_T, xb, tb = problem(dim)
             with torch.inference_mode():
                 out = mlp(xb, tb)
 

@@ -263,29 +263,21 @@ def measure_overhead(dims, batch, budget, repeats, log, *, fixed_only: bool = Fa
                              "own_pct": 100 * own})
                 log(f"  overhead d={dim} {name}: nfe {nfe}, (a) {100 * ratio:+.1f}%, (b) {100 * own:.1f}%")
             g = torch.Generator().manual_seed(0)
-            draws, paired = [], []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                torch.randn(x_T.shape, generator=g)
-                draws.append(time.perf_counter() - t0)
-                paired.append(draws[-1] / _mlp_call(mlp, xb, tb))
-            own = float(np.median(paired))
-            rows.append({"dim": dim, "sampler": "one Gaussian draw of the batch", "nfe": None, "sampler_ms": None,
-                         "mlp_ms": None, "overhead_pct": None, "own_us_per_eval": 1e6 * min(draws),
-                         "mlp_call_us": 1e6 * t_call, "own_pct": 100 * own})
-            log(f"  overhead d={dim} randn: (b) {100 * own:.1f}%")
-            if not fixed_only:
-                iterations, per_eval, paired = 25, [], []
+            references = {"one Gaussian draw of the batch": (lambda: torch.randn(x_T.shape, generator=g), 1)}
+            if not fixed_only:  # 25 iterations, two evaluations each
+                references["adaptive_sde's whole-batch floor"] = (lambda: adaptive_sde_floor(x_T, out, 25, g), 50)
+            for name, (fn, per) in references.items():
+                times, paired = [], []
                 for _ in range(repeats):
                     t0 = time.perf_counter()
-                    adaptive_sde_floor(x_T, out, iterations, g)
-                    per_eval.append((time.perf_counter() - t0) / (2 * iterations))
-                    paired.append(per_eval[-1] / _mlp_call(mlp, xb, tb))
+                    fn()
+                    times.append((time.perf_counter() - t0) / per)
+                    paired.append(times[-1] / _mlp_call(mlp, xb, tb))
                 own = float(np.median(paired))
-                rows.append({"dim": dim, "sampler": "adaptive_sde's whole-batch floor", "nfe": None,
-                             "sampler_ms": None, "mlp_ms": None, "overhead_pct": None,
-                             "own_us_per_eval": 1e6 * min(per_eval), "mlp_call_us": 1e6 * t_call, "own_pct": 100 * own})
-                log(f"  overhead d={dim} adaptive_sde floor: (b) {100 * own:.1f}%")
+                rows.append({"dim": dim, "sampler": name, "nfe": None, "sampler_ms": None, "mlp_ms": None,
+                             "overhead_pct": None, "own_us_per_eval": 1e6 * min(times), "mlp_call_us": 1e6 * t_call,
+                             "own_pct": 100 * own})
+                log(f"  overhead d={dim} {name}: (b) {100 * own:.1f}%")
     return rows
 
 

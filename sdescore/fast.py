@@ -522,7 +522,7 @@ class _BrownianStack:
         self.B = like.shape[0]
         self.h = np.zeros((self.B, 2))
         self.depth = np.zeros(self.B, dtype=np.int64)
-        self.Z = like.new_zeros((3 * self.B, *like.shape[1:]), requires_grad=False)
+        self.Z = like.new_zeros((3 * self.B, *like.shape[1:]))
         self.generator = generator
         self.draw()
 
@@ -571,8 +571,7 @@ class _BrownianStack:
         s, c = np.sqrt(rho), np.sqrt(1.0 - rho)
         a, b = coefficients(np.stack([np.concatenate([s, c]), np.concatenate([c, -s])])).unbind(0)
         # [Z'; Z''] = [sqrt(rho) Z_b + sqrt(1 - rho) xi;  sqrt(1 - rho) Z_b - sqrt(rho) xi]
-        rotated = torch.mul(base_Z, a)
-        rotated = (rotated if rotated.dtype == self.Z.dtype else rotated.to(self.Z.dtype)).addcmul_(xi, b)
+        rotated = torch.mul(base_Z, a).to(self.Z.dtype).addcmul_(xi, b)  # a half-precision Z: float32 rows
         self.Z.index_copy_(0, at[4 * k:], rotated)
         cut = rho < 1.0
         self.h[idx[cut], top[cut]] = base[cut] - h_new[idx[cut]]
@@ -698,8 +697,8 @@ def adaptive_sde_sample(
     # state, |x'| the next |x'_prev|; `_other` picks the free one), one for v and the error's denominator; the
     # increments live in the stack's tensor. Where autograd records the proposals (a score or x_T that requires
     # grad) they are formed out of place instead.
-    states, abses = ([torch.empty_like(x, requires_grad=False) for _ in range(2)] for _ in range(2))
-    v_buf, den = torch.empty_like(x, requires_grad=False), torch.empty_like(x, requires_grad=False)
+    states, abses = ([torch.empty_like(x) for _ in range(2)] for _ in range(2))
+    v_buf, den = torch.empty_like(x), torch.empty_like(x)
     while True:
         if score.nfe + 2 > max_evals:
             raise RuntimeError(
