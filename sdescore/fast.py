@@ -153,9 +153,6 @@ class _Run:
         s = self.score(x, node)
         return _Lin([(1.0 / node.alpha, x), (node.std**2 / node.alpha, s)])
 
-    def randn_like(self, x: Tensor) -> Tensor:
-        return torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
-
 
 class _Method:
     """One fixed-grid method: `prepare` precomputes what the grid fixes, `step` goes from node i to node i + 1."""
@@ -226,9 +223,11 @@ class _Heun(_Method):
     def __init__(self, S_churn: float, S_tmin: float, S_tmax: float, S_noise: float):
         self.S_churn, self.S_tmin, self.S_tmax, self.S_noise = S_churn, S_tmin, S_tmax, S_noise
         self.hat: list[_Node | None] = []
+        self.z: Tensor | None = None
 
     def prepare(self, run: _Run) -> None:
         # gamma_i depends on the grid only, so the churned nodes are placed once.
+        self.z = None
         gamma = min(self.S_churn / run.steps, math.sqrt(2.0) - 1.0)
         sigma_T = run.nodes[0].sigma
         self.hat = [None] * run.steps
@@ -249,7 +248,10 @@ class _Heun(_Method):
         if hat is not None:
             # x_hat = alpha_hat (y_i + sqrt(sigma_hat^2 - sigma_i^2) S_noise z)
             noise = math.sqrt(max(hat.sigma**2 - a.sigma**2, 0.0)) * self.S_noise
-            x = (hat.alpha / a.alpha * _Lin.of(x) + hat.alpha * noise * _Lin.of(run.randn_like(x))).eval()
+            if self.z is None:  # one buffer for the draws of the run: a fresh one each step costs more at large states
+                self.z = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+            z = _randn_like(x, run.generator, out=self.z)
+            x = (hat.alpha / a.alpha * _Lin.of(x) + hat.alpha * noise * _Lin.of(z)).eval()
             a = hat
         y = _Lin.of(x) / a.alpha
         dsigma = b.sigma - a.sigma

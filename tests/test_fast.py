@@ -370,17 +370,24 @@ def test_adaptive_sde_adds_exactly_one_brownian_path_whatever_it_rejects(rtol):
     + W, W the sum of the accepted increments. The tolerance sees |x'|, so which steps are rejected depends on the
     noise; with the Brownian bridge W is still one Brownian path's increment over [eps, T], N(0, (T - eps) I)
     exactly (KS test, level 1%). Redrawing the rejected noise instead selects the increments by size, and the same
-    test rejects it."""
+    test rejects it. Both runs reject a step of more than a quarter of the samples (read from the times the score
+    sees: a sample whose first-stage time repeats was rejected), so the bridge is exercised, not bypassed."""
     k, eps, n = 8.0, 1e-3, 2000
     sde = _Brownian()
+    calls = []
 
     def score(x, t):
+        calls.append(t.clone())
         return (k * t).to(x.dtype)[:, None].expand_as(x).clone()
 
     x_T = torch.zeros(n, 2, dtype=torch.float64)
     for redraw in (False, True):
+        calls.clear()
         out = adaptive_sde_sample(sde, score, x_T, rtol=rtol, atol=1e-3, eps=eps, redraw_rejected=redraw,
                                   generator=torch.Generator().manual_seed(0))
+        first = torch.stack(calls[0::2])  # (iterations, n): each iteration's time t per sample
+        rejected = ((first[1:] == first[:-1]) & (first[:-1] > eps)).any(0)
+        assert int(rejected.sum()) > n // 4, (redraw, int(rejected.sum()))
         z = (out.x - k * (sde.T**2 - eps**2) / 2) / math.sqrt(sde.T - eps)
         p = sps.kstest(z.flatten().numpy(), "norm").pvalue
         assert (p < LEVEL) == redraw, (redraw, p, out.nfe)
