@@ -522,9 +522,9 @@ class _BrownianStack:
 
     def __init__(self, like: Tensor, generator: torch.Generator | None):
         self.B = like.shape[0]
-        self.h = np.zeros((self.B, 2))
+        self.h = np.zeros((self.B, 2))  # the stacks' interval lengths: two levels to start, doubled when full
         self.depth = np.zeros(self.B, dtype=np.int64)
-        self.Z = like.new_zeros((3 * self.B, *like.shape[1:]))
+        self.Z = like.new_zeros(((1 + self.h.shape[1]) * self.B, *like.shape[1:]))  # current rows, then the levels
         self.generator = generator
         self.draw()
 
