@@ -108,6 +108,8 @@ def check_data(name: str, x: Any, *, min_ndim: int = 2) -> Tensor:
         )
     if x.shape[0] == 0:
         raise ValueError(f"{name} has an empty batch: shape {tuple(x.shape)}.")
+    if x.ndim > 1 and x[0].numel() == 0:
+        raise ValueError(f"{name} has empty data dimensions: shape {tuple(x.shape)}; expected (batch, *dims) with D >= 1.")
     if not all_finite(x):
         raise ValueError(f"{name} holds non-finite values (NaN or inf).")
     return x

@@ -27,6 +27,15 @@ def _randn_like(x: Tensor, generator: torch.Generator | None, out: Tensor | None
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device, out=out)
 
 
+def _span(when: float | tuple[float, float] | Tensor) -> tuple[float, float]:
+    """(earliest, latest) of a score call's reported times: a number, a (lo, hi) pair, or a tensor of times."""
+    if isinstance(when, Tensor):
+        return (float(when.min()), float(when.max())) if when.numel() > 1 else (float(when.reshape(-1)[0]),) * 2
+    if isinstance(when, tuple):
+        return float(when[0]), float(when[1])
+    return float(when), float(when)
+
+
 class NonFiniteError(FloatingPointError, ValueError):
     """A sampler met NaN or inf; the message names where it first appeared: the step (where known), the score
     evaluation and the time."""
@@ -36,14 +45,18 @@ class CheckedScore:
     """Wrap score_fn(x, t): check its output's shape and dtype, count evaluations, and note non-finite ones.
 
     Finiteness is recorded per evaluation as a device scalar (no host synchronisation per call) and resolved
-    once by `raise_if_nonfinite`, which names the step and the time where NaN or inf first appeared.
+    once by `raise_if_nonfinite`, which names the step and the time where NaN or inf first appeared. With
+    record=False (an object that outlives any one solve, such as a `ReverseSDE` handed to torchsde.sdeint, where
+    no solver calls `raise_if_nonfinite` and a record would grow with every call) each call is checked at once
+    instead, one host synchronisation per call, and nothing is kept.
     """
 
-    def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], name: str = "score_fn"):
+    def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], name: str = "score_fn", *, record: bool = True):
         if not callable(score_fn):
             raise TypeError(f"{name} must be callable as {name}(x, t), got {type(score_fn).__name__}.")
         self.score_fn = score_fn
         self.name = name
+        self.record = record
         self._ranges: list[tuple[Tensor, Tensor]] = []
         self._when: list[float | Tensor] = []
 
@@ -52,11 +65,21 @@ class CheckedScore:
         """Score evaluations made so far."""
         return len(self._ranges)
 
-    def __call__(self, x: Tensor, t: Tensor, when: float | Tensor | None = None) -> Tensor:
-        """Evaluate the score at x (B, *dims) and times t (B,); `when` is the scalar time to report (default t[0])."""
+    def __call__(self, x: Tensor, t: Tensor, when: float | tuple[float, float] | Tensor | None = None) -> Tensor:
+        """Evaluate the score at x (B, *dims) and times t (B,); `when` is what to report of the call's times: a
+        number, a (lo, hi) pair where they differ between samples, or a tensor of them (default t itself, which is
+        then kept until the solve ends: a solver with one time per sample passes the pair instead)."""
         s = check_output(
             self.name, self.score_fn(x, t), x, shape_rule="a score has the shape of x", cast_under_autocast=True
         )
+        if not self.record:
+            if not all_finite(s):
+                t_text = f"{_span(t if when is None else when)[0]:.6g}"
+                raise NonFiniteError(
+                    f"{self.name} returned NaN or inf at t={t_text}: check the score model, or the state, which may "
+                    "have diverged before (the step size and the time grid)."
+                )
+            return s
         # One reduction per call, resolved later: min and max are both finite exactly when every entry is (NaN
         # propagates to both, +inf shows in max, -inf in min; no overflow is possible), and t is kept by
         # reference, read only on failure.
@@ -75,7 +98,7 @@ class CheckedScore:
             return None
         k = int((~finite).nonzero()[0, 0])
         when = self._when[k]
-        return k, float(when.reshape(-1)[0]) if isinstance(when, Tensor) else float(when)
+        return k, float(when.reshape(-1)[0]) if isinstance(when, Tensor) else _span(when)[0]
 
     def raise_if_nonfinite(self, x: Tensor, where: str, step_of: Callable[[int, float], int | str | None]) -> None:
         """Raise NonFiniteError if a score, or the final state x, was non-finite.
@@ -91,11 +114,8 @@ class CheckedScore:
             k, t = bad
             step = step_of(k, t)
             at = "in the solve" if step is None else step if isinstance(step, str) else f"at step {step}"
-            when = self._when[k]
-            if isinstance(when, Tensor) and when.numel() > 1 and bool(when.min() != when.max()):
-                t_text = f"t from {float(when.min()):.6g} to {float(when.max()):.6g} across the batch"
-            else:
-                t_text = f"t={t:.6g}"
+            lo, hi = _span(self._when[k])
+            t_text = f"t from {lo:.6g} to {hi:.6g} across the batch" if lo != hi else f"t={t:.6g}"
             if not isinstance(step, str):
                 t_text += f", score evaluation {k}"
             raise NonFiniteError(

@@ -193,8 +193,11 @@ def _load_idx_pair(root: str | Path, split: str, what: str, source: str) -> Imag
     prefix = "train" if split == "train" else "t10k"
     x = read_idx(_find(root, _idx_names(prefix, "images", 3), f"{what} {split} images", source))
     y = read_idx(_find(root, _idx_names(prefix, "labels", 1), f"{what} {split} labels", source))
-    if x.ndim != 3 or x.dtype != np.uint8:
-        raise ValueError(f"{what} {split} images: expected uint8 IDX data of shape (N, H, W), got {x.dtype} {x.shape}.")
+    if x.ndim != 3 or x.dtype != np.uint8 or x.shape[1:] != (28, 28):
+        raise ValueError(
+            f"{what} {split} images: expected uint8 IDX data of shape (N, 28, 28), got {x.dtype} {x.shape}; "
+            f"is this the images file of {what}?"
+        )
     if y.ndim != 1 or y.shape[0] != x.shape[0]:
         raise ValueError(f"{what} {split}: {x.shape[0]} images but labels of shape {y.shape}; the files do not match.")
     got = f"{y.dtype} data" if y.dtype != np.uint8 else f"label {y.max()}" if y.size and y.max() > 9 else None

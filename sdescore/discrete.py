@@ -37,7 +37,7 @@ from ._checks import (
 )
 from ._score import CheckedScore, SampleResult, _randn_like
 from .parametrizations import _check_x, _Converter
-from .sde import SDE, VESDE, batch_view
+from .sde import SDE, VESDE, batch_view, wide_view
 
 __all__ = [
     "ncsn_sigmas",
@@ -123,9 +123,11 @@ def ve_sde_from_ncsn_sigmas(sigmas: Any) -> VESDE:
 class _ScoreFromNCSN(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self._check(x, t)
-        alpha, std = self.sde.kernel(t)
-        a = batch_view(alpha, x)
-        return self._out(x / a, (std / alpha).to(x.dtype)) / a
+        # the kernel in float64 and the scaling in work_dtype(x), as the other converters: alpha(T) of the VP-SDE,
+        # 4.4e-5, is subnormal in float16; the model sees x / alpha and sigma rounded to x's dtype once
+        alpha, std = self.sde.kernel(t.to(torch.float64))
+        a = wide_view(alpha, x)
+        return (self._out((x / a).to(x.dtype), (std / alpha).to(x.dtype)) / a).to(x.dtype)
 
 
 class _NCSNFromScore(_Converter):
@@ -149,8 +151,8 @@ class _NCSNFromScore(_Converter):
             )
         t = self.sde.t_from_log_snr(-2.0 * torch.log(sigma.to(torch.float64))).clamp(0.0, self.sde.T)
         alpha, _ = self.sde.kernel(t)
-        a = batch_view(alpha, x)
-        return a * self._out(a * x, t.to(x.dtype))
+        a = wide_view(alpha, x)
+        return (a * self._out((a * x).to(x.dtype), t.to(x.dtype))).to(x.dtype)
 
 
 def score_from_ncsn(sde: SDE, ncsn_fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
@@ -177,15 +179,21 @@ def ncsn_from_score(sde: SDE, score_fn: Callable[[Tensor, Tensor], Tensor]) -> C
 def _langevin_steps(
     score: Callable[[Tensor], Tensor], x: Tensor, alpha: float | Tensor, n_steps: int, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor]:
-    """n_steps of x <- x + (alpha / 2) s(x) + sqrt(alpha) z (Song & Ermon 2019, eq. 4); returns (x, x_mean of the last step)."""
+    """n_steps of x <- x + (alpha / 2) s(x) + sqrt(alpha) z (Song & Ermon 2019, eq. 4); returns (x, x_mean of the last step).
+
+    alpha: a number, or per-sample steps as a (B, 1, ..., 1) `wide_view` (float32 for a half-precision x, where
+    step_lr std^2 / sigma_min^2 can exceed float16's range): each step is formed in that precision and rounded to x's
+    dtype once, so the state keeps x's dtype.
+    """
     half = alpha / 2
     root = torch.sqrt(alpha) if isinstance(alpha, Tensor) else math.sqrt(alpha)
+    dtype = x.dtype
     x_mean = x
     for _ in range(n_steps):
         z = _randn_like(x, generator)
         x_mean = x + half * score(x)
-        x = x_mean + root * z
-    return x, x_mean
+        x = (x_mean + root * z).to(dtype)
+    return x, x_mean.to(dtype)
 
 
 def langevin(
@@ -302,7 +310,7 @@ class AnnealedLangevinCorrector:
 
     def step(self, sde, score, x, t, h, n_steps, snr, generator):
         _, std = sde.kernel(t)
-        alpha = batch_view(self.step_lr * (std / self.sigma_min) ** 2, x)
+        alpha = wide_view(self.step_lr * (std / self.sigma_min) ** 2, x)
         t_x = t.to(x.dtype)
         return _langevin_steps(lambda y: score(y, t_x), x, alpha, n_steps, generator)
 
@@ -315,7 +323,15 @@ def ddpm_betas(beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> 
     beta_i = beta_bar_i / N). The defaults give Ho et al.'s (2020) schedule, linear from 1e-4 to 0.02. Step i of
     the chain, x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z, is `VPSDE(beta_min, beta_max, N).discretize(x, t_i)`.
     """
-    beta_min = check_real("beta_min", beta_min, positive=True)
+    beta_min = check_real("beta_min", beta_min)
+    if beta_min <= 0:
+        # unlike VPSDE(beta_min=0), whose kernel has std(t) > 0 at every t > 0: the chain's first step is discrete
+        raise ValueError(
+            f"beta_min must be > 0, got {beta_min}: beta_0 = beta_min / N is the variance of the chain's first step, "
+            "and beta_0 = 0 makes alpha_bar_0 = 1, a step without noise whose eps(x, 0) is undefined and where DDPM's "
+            "sampler divides by sqrt(1 - alpha_bar_0) = 0 (ddpm_sample and ddpm_times need every beta_i in (0, 1)); "
+            "take a small positive beta_min, e.g. 0.1 (Ho et al.'s beta_1 = 1e-4 for N = 1000)."
+        )
     beta_max = check_real("beta_max", beta_max, positive=True)
     N = check_int("N", N, minimum=2)
     if beta_max < beta_min:

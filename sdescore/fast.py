@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -36,7 +37,7 @@ from ._checks import HALF_DTYPES, check_bool, check_data, check_eps, check_gener
 from ._score import CheckedScore, NonFiniteError, SampleResult, _randn_like
 from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD
 from .grids import TimeGrid, time_grid
-from .sde import SDE, ScoreFn, batch_view
+from .sde import SDE, ScoreFn, wide_view, work_dtype
 
 __all__ = [
     "heun_sample",
@@ -58,6 +59,10 @@ class _Lin:
     weights. Written as expressions (e.g. `a * X - b * e0 - c * (e1 - e0)`) they read like the papers;
     `eval` merges repeated tensors and computes the sum with one fused multiply-add per distinct tensor,
     so the sampler's own work stays a small fraction of a network's.
+
+    A half-precision combination (float16, bfloat16) is summed in float32 and rounded to its dtype once: its weights
+    (sigma_i - sigma_{i+1}) std_i or std^2 / alpha reach 1e5 for the VE-SDE's sigma_max = 348, beyond float16's
+    largest number (65504), although the sum, a state or a denoised state, fits.
     """
 
     __slots__ = ("terms",)
@@ -91,10 +96,10 @@ class _Lin:
             else:
                 merged[id(t)] = [c, t]
         (c0, t0), *rest = merged.values()
-        out = t0 * c0
+        out = t0.to(work_dtype(t0)) * c0  # float32 for a half-precision t0, which the half terms then add into
         for c, t in rest:
             out.add_(t, alpha=c)
-        return out
+        return out.to(t0.dtype)
 
 
 @dataclass(frozen=True)
@@ -120,25 +125,51 @@ class _Run:
         self._score = score
         self.generator = generator
         self._B, self._dtype, self._device = x.shape[0], x.dtype, x.device
+        self._eps = float(ts[-1])
         self.nodes = self.nodes_at(ts)
         self.steps = len(self.nodes) - 1
         self.i = 0  # the step being taken, recorded with every evaluation for error messages
         self.step_of_eval: list[int] = []
 
     def nodes_at(self, t: Tensor) -> list[_Node]:
-        """Nodes at float64 times t (n,): one vectorized kernel call, then plain floats for the step arithmetic."""
+        """Nodes at float64 times t (n,): one vectorized kernel call, then plain floats for the step arithmetic.
+
+        The kernel is a user's method: alpha and std must come one per time, finite and > 0 (lam = log(alpha / std)).
+        """
         t = t.to(torch.float64)
         alpha, std = self.sde.kernel(t)
+        n = t.shape[0]
+        if not (isinstance(alpha, Tensor) and isinstance(std, Tensor)) or alpha.shape != (n,) or std.shape != (n,):
+            raise ValueError(
+                f"sde.kernel(t) must return (alpha, std), two tensors of shape ({n},) for t of shape ({n},), one per "
+                f"time, got {_shape_of(alpha)} and {_shape_of(std)}; expand a constant, e.g. torch.ones_like(t)."
+            )
         out = []
         for ti, a, s in zip(t.tolist(), alpha.tolist(), std.tolist()):
+            if not (0.0 < a < math.inf and 0.0 < s < math.inf):
+                if s == 0.0 and 0.0 < a < math.inf and ti <= self._eps:
+                    raise ValueError(
+                        f"eps={self._eps:g} is too small for {type(self.sde).__name__}: its std(eps) is 0 in float64 "
+                        "(the VP and sub-VP SDEs' underflows for eps below 5e-323), where the log-SNR is infinite and "
+                        "no step reaches it; take a larger eps."
+                    )
+                raise ValueError(
+                    f"sde.kernel(t) must return finite alpha > 0 and std > 0 at every time of the grid, got alpha={a}, "
+                    f"std={s} at t={ti}."
+                )
             tb = torch.full((self._B,), ti, dtype=self._dtype, device=self._device)
             out.append(_Node(ti, a, s, math.log(a) - math.log(s), tb))
         return out
 
     def nodes_at_lam(self, lam: list[float]) -> list[_Node]:
         """Nodes at half log-SNRs lam, through the SDE's inverse of its log-SNR (clamped into [0, T])."""
-        t = self.sde.t_from_log_snr(2.0 * torch.tensor(lam, dtype=torch.float64)).clamp(0.0, self.sde.T)
-        return self.nodes_at(t)
+        t = self.sde.t_from_log_snr(2.0 * torch.tensor(lam, dtype=torch.float64))
+        if not isinstance(t, Tensor) or t.shape != (len(lam),) or not bool(torch.isfinite(t).all()):
+            raise ValueError(
+                f"sde.t_from_log_snr(log_snr) must return finite times of shape ({len(lam)},) for log_snr of shape "
+                f"({len(lam)},), got {_shape_of(t)}" + (f" holding {t.tolist()}." if isinstance(t, Tensor) else ".")
+            )
+        return self.nodes_at(t.clamp(0.0, self.sde.T))
 
     def score(self, x: Tensor, node: _Node) -> Tensor:
         self.step_of_eval.append(self.i)
@@ -152,6 +183,11 @@ class _Run:
         """Data prediction D = (x + std^2 score) / alpha = E[x0 | x_t = x] (Tweedie), as an expression."""
         s = self.score(x, node)
         return _Lin([(1.0 / node.alpha, x), (node.std**2 / node.alpha, s)])
+
+
+def _shape_of(value: object) -> str:
+    """A user's return value in an error message: a tensor's shape, else its type."""
+    return f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
 class _Method:
@@ -368,7 +404,7 @@ class _Multistep(_Method):
 
 # ---------------------------------------------------------------------- public samplers on a fixed grid
 def _check_S(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}.")
     value = float(value)
     if math.isnan(value) or value < 0:
@@ -416,13 +452,18 @@ def heun_sample(
         S_churn: EDM's total churn: each step in [S_tmin, S_tmax] raises sigma by the factor 1 + gamma,
             gamma = min(S_churn / n, sqrt(2) - 1).
         S_tmin: the lowest noise level sigma that is churned.
-        S_tmax: the highest noise level sigma that is churned.
+        S_tmax: the highest noise level sigma that is churned (S_tmin <= S_tmax).
         S_noise: the scale of the added noise (slightly above 1 offsets the denoiser's loss of detail).
     Returns:
         SampleResult(x at t = eps, or E[x0 | x_eps] with denoise; nfe).
     """
-    method = _Heun(_check_S("S_churn", S_churn), _check_S("S_tmin", S_tmin), _check_S("S_tmax", S_tmax),
-                   check_real("S_noise", S_noise, nonnegative=True))
+    S_tmin, S_tmax = _check_S("S_tmin", S_tmin), _check_S("S_tmax", S_tmax)
+    if S_tmin > S_tmax:
+        raise ValueError(
+            f"S_tmin must be <= S_tmax (the churned noise levels are S_tmin <= sigma <= S_tmax), got S_tmin={S_tmin}, "
+            f"S_tmax={S_tmax}: no sigma would be churned; swap them, or pass S_churn=0 to turn the churn off."
+        )
+    method = _Heun(_check_S("S_churn", S_churn), S_tmin, S_tmax, check_real("S_noise", S_noise, nonnegative=True))
     return _integrate(method, sde, score_fn, x_T, steps, grid, eps, generator, denoise, "heun_sample")
 
 
@@ -594,10 +635,14 @@ def _on(a: np.ndarray, like: Tensor, dtype: torch.dtype | None = None) -> Tensor
 
 
 def _tweedie(sde: SDE, score: CheckedScore, x: Tensor, eps: float) -> Tensor:
-    """E[x0 | x_eps = x] = (x + std^2 score(x, eps)) / alpha (Tweedie), the kernel in float64: one evaluation."""
+    """E[x0 | x_eps = x] = (x + std^2 score(x, eps)) / alpha (Tweedie), the kernel in float64: one evaluation.
+
+    A half-precision x takes the sum in float32, rounded to its dtype once: std(eps)^2 exceeds float16's range
+    (65504) for std(eps) above 256 (the VE-SDE's sigma_max = 348 with eps near T), where the result fits.
+    """
     t = torch.full((x.shape[0],), eps, dtype=torch.float64, device=x.device)
     alpha, std = sde.kernel(t)
-    return (x + batch_view(std * std, x) * score(x, t.to(x.dtype))) / batch_view(alpha, x)
+    return ((x + wide_view(std * std, x) * score(x, t.to(x.dtype))) / wide_view(alpha, x)).to(x.dtype)
 
 
 def adaptive_sde_sample(
@@ -725,12 +770,15 @@ def adaptive_sde_sample(
             t64 = torch.from_numpy(times.reshape(2 * B).copy()).to(x.device)
         Z = stack.current
         c0, c3, c1, c4, c2, c5, c6, c7 = rows(coef).unbind(0)
-        s1 = score(x, own(c6.reshape(B)))
+        # what an error message reports of each call's times, (lo, hi): kept until the solve ends, as the (B,) times
+        # (views of the iteration's whole coefficient rows) would be
+        lo, hi = times.min(1), times.max(1)
+        s1 = score(x, own(c6.reshape(B)), (lo[0], hi[0]))
         track = x.requires_grad or s1.requires_grad
         out, v_out = (None, None) if track else (_other(states, x), v_buf)
         x1 = own(torch.mul(x, c0, out=out) if linear else torch.addcmul(x, c0, sde.f(x, t64[:B]), value=-1.0, out=out))
         x1 = x1.addcmul_(c1, s1).addcmul_(c2, Z)  # x' = x - h b(x, t) + g(t) W
-        s2 = score(x1, own(c7.reshape(B)))
+        s2 = score(x1, own(c7.reshape(B)), (lo[1], hi[1]))
         # v = x~ - x' with x~ = x - h f(x', t - h) + h g(t - h)^2 s2 + g(t - h) W
         if linear:
             v = own(torch.addcmul(x, c3, x1, out=v_out))

@@ -34,6 +34,23 @@ def _log_snr_at(sde: SDE, t: float) -> float:
     return float(sde.log_snr(torch.tensor([t], dtype=torch.float64)))
 
 
+def _log_snr_ends(sde: SDE, eps: float) -> tuple[float, float]:
+    """(lambda(T), lambda(eps)), both finite: the grids placed by the log-SNR or sigma need them."""
+    lam_T, lam_eps = _log_snr_at(sde, sde.T), _log_snr_at(sde, eps)
+    if not math.isfinite(lam_eps):
+        raise ValueError(
+            f"eps={eps:g} is too small for {type(sde).__name__}: its log-SNR at eps is {lam_eps} in float64 (std(eps) "
+            "is 0: the VP and sub-VP SDEs' underflows for eps below 5e-323), so no grid in log-SNR or sigma reaches "
+            "it; take a larger eps."
+        )
+    if not math.isfinite(lam_T):
+        raise ValueError(
+            f"{type(sde).__name__}'s log-SNR at T={sde.T} is {lam_T}: the Karras and log-SNR grids need it finite; "
+            "use the 'uniform' or 'quadratic' grid."
+        )
+    return lam_T, lam_eps
+
+
 def _from_log_snr(sde: SDE, log_snr: Tensor, eps: float) -> Tensor:
     """Map log-SNR nodes back to time, pinning the end points exactly (the inverse is exact only to rounding)."""
     t = sde.t_from_log_snr(log_snr).to(torch.float64)
@@ -73,8 +90,15 @@ class KarrasGrid:
     """sigma_i = (sigma_max^(1/rho) + i/n (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, then t_i = t(sigma_i).
 
     Karras et al. (2022), eq. 5 with rho = 7, written in the noise level sigma = std / alpha of any SDE with
-    sigma_max = sigma(T), sigma_min = sigma(eps); t is recovered through lambda = -2 log sigma. Larger rho
-    concentrates the steps near sigma_min; rho = 1 is uniform in sigma, rho -> inf uniform in log sigma.
+    sigma_max = sigma(T), sigma_min = sigma(eps); t is recovered through lambda = -2 log sigma. Computed as
+
+        log sigma_i = log sigma_max + rho log(1 + (i/n) ((sigma_min / sigma_max)^(1/rho) - 1)),
+
+    the same numbers without sigma^(1/rho), which overflows float64 for small rho (sigma_max = 50, rho = 1e-3).
+    Larger rho concentrates the steps near sigma_min; rho = 1 is uniform in sigma, rho -> inf uniform in log sigma
+    (the geometric grid: rho log(1 - (i/n) L / rho + ...) -> -(i/n) L with L = log(sigma_max / sigma_min)). The
+    limit rho -> 0 is no grid: every interior node tends to sigma_max (rho log(1 - i/n) -> 0) and the last step
+    spans the whole range; where float64 can no longer tell those nodes from T the grid raises.
     """
 
     def __init__(self, rho: float = 7.0):
@@ -84,14 +108,19 @@ class KarrasGrid:
         return f"KarrasGrid(rho={self.rho})"
 
     def __call__(self, sde: SDE, steps: int, eps: float) -> Tensor:
-        # log sigma = -lambda / 2; interpolate sigma^(1/rho) between its end values.
-        log_sig_max = -0.5 * _log_snr_at(sde, sde.T)
-        log_sig_min = -0.5 * _log_snr_at(sde, eps)
-        a = math.exp(log_sig_max / self.rho)
-        b = math.exp(log_sig_min / self.rho)
+        # log sigma = -lambda / 2; interpolate sigma^(1/rho) between its end values, relative to sigma_max^(1/rho).
+        lam_T, lam_eps = _log_snr_ends(sde, eps)
+        log_sig_max, log_sig_min = -0.5 * lam_T, -0.5 * lam_eps
         ramp = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-        log_sigma = self.rho * torch.log(a + ramp * (b - a))
-        return _from_log_snr(sde, -2.0 * log_sigma, eps)
+        log_sigma = log_sig_max + self.rho * torch.log1p(ramp * math.expm1((log_sig_min - log_sig_max) / self.rho))
+        t = _from_log_snr(sde, -2.0 * log_sigma, eps)
+        if steps > 1 and not bool((t[1:] < t[:-1]).all()):
+            raise ValueError(
+                f"KarrasGrid(rho={self.rho}) gives repeated times for steps={steps}: as rho -> 0 its interior nodes "
+                "tend to sigma_max = sigma(T), and at this rho float64 no longer separates them from T (or from each "
+                "other); take a larger rho (Karras et al. use 7) or fewer steps."
+            )
+        return t
 
 
 class LogSNRGrid:
@@ -105,7 +134,7 @@ class LogSNRGrid:
         return "LogSNRGrid()"
 
     def __call__(self, sde: SDE, steps: int, eps: float) -> Tensor:
-        lam = torch.linspace(_log_snr_at(sde, sde.T), _log_snr_at(sde, eps), steps + 1, dtype=torch.float64)
+        lam = torch.linspace(*_log_snr_ends(sde, eps), steps + 1, dtype=torch.float64)
         return _from_log_snr(sde, lam, eps)
 
 
@@ -132,6 +161,11 @@ def time_grid(sde: SDE, steps: int, grid: str | TimeGrid = "karras", eps: float 
         raise TypeError(f"sde must be an sdescore.SDE, got {type(sde).__name__}.")
     steps = check_int("steps", steps, minimum=1)
     eps = check_eps(eps, sde.T)
+    if isinstance(grid, type):
+        raise TypeError(
+            f"grid must be a name in {sorted(GRIDS)} or a grid object, got the class {grid.__name__}; pass an "
+            f"instance, e.g. grid={grid.__name__}()."
+        )
     rule = check_choice("grid", grid, GRIDS)
     if not callable(rule):
         raise TypeError(f"grid must be a name in {sorted(GRIDS)} or a callable grid(sde, steps, eps), got {type(grid).__name__}.")

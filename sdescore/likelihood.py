@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple, Protocol
 
@@ -433,10 +434,15 @@ def log_likelihood(
     lo, hi = min(tau0, tau1), max(tau0, tau1)
 
     def attached_score(xi: Tensor, t: Tensor) -> Tensor:
-        # xi requires grad here: a score output that does not has been cut off from x (no_grad, detach, a
-        # constant), and autograd would differentiate the drift alone, silently (VP) or with its own error (VE)
+        # xi requires grad here: a score output cut off from x (no_grad, detach, a constant) would make autograd
+        # differentiate the drift alone, silently (VP) or with its own error (VE). Without grad it is plainly cut
+        # off; a network's output requires grad through its parameters even when it detached x, so the first
+        # evaluation also asks autograd whether xi is in the output's graph at all (one vector-Jacobian product).
+        first = score.nfe == 0
         s = score(xi, t)
-        if not s.requires_grad:
+        if not s.requires_grad or (
+            first and torch.autograd.grad(s, xi, torch.ones_like(s), retain_graph=True, allow_unused=True)[0] is None
+        ):
             raise TypeError(
                 "log_likelihood: score_fn's output does not depend on x through autograd (it does not require grad "
                 "although x does): is score_fn wrapped in torch.no_grad() or torch.inference_mode(), does it detach "
@@ -488,6 +494,11 @@ def log_likelihood(
         got = tuple(prior.shape) if isinstance(prior, Tensor) else type(prior).__name__
         raise ValueError(f"prior_logp must return one log-density per sample, shape ({B},), got {got}.")
     prior = prior.detach().to(x.dtype)
+    if not all_finite(prior):
+        raise NonFiniteError(
+            f"log_likelihood: prior_logp returned non-finite log-densities at z (finite, max |z| = "
+            f"{float(z.abs().max()):.4g}): expected a finite log-density everywhere, as for a Gaussian prior."
+        )
     return LikelihoodResult(logp=prior + delta_logp, prior_logp=prior, delta_logp=delta_logp, z=z, nfe=score.nfe)
 
 
@@ -508,6 +519,8 @@ def _check_integers(name: str, x: Any, n_bins: int) -> Tensor:
         )
     if x.ndim < 2 or x.shape[0] == 0 or x[0].numel() == 0:
         raise ValueError(f"{name} must have shape (batch, *dims) with batch >= 1, got shape {tuple(x.shape)}.")
+    if x.dtype in (torch.uint16, torch.uint32, torch.uint64):  # few kernels (min, repeat) exist for these
+        x = x.to(torch.int64)  # a uint64 above 2^63 wraps negative and fails the range check below
     lo, hi = int(x.min()), int(x.max())
     if lo < 0 or hi >= n_bins:
         raise ValueError(
@@ -525,7 +538,7 @@ def _check_range(data_range: Any, dims: tuple[int, ...], dtype: torch.dtype, dev
         )
     out = []
     for name, value in zip(("low", "high"), data_range):
-        if isinstance(value, bool) or not isinstance(value, (int, float, Tensor)):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, Tensor)):
             raise TypeError(f"data_range {name} must be a real number or a tensor, got {type(value).__name__}.")
         v = torch.as_tensor(value, dtype=dtype, device=device)
         if not bool(torch.isfinite(v).all()):
@@ -564,7 +577,8 @@ def bits_per_dim(
                  >= (1/K) sum_j log p_x(k + u_j)    for every draw       (Jensen; K = 1 is the dequantization bound)
 
     The model lives on y = low + (high - low) (k + u) / n_bins (data_range = (low, high) are the images of the
-    bin edges 0 and n_bins; (-1, 1) is the [0, 255] -> [-1, 1] map of score_sde's centered data), so by the
+    bin edges 0 and n_bins; (-1, 1) maps the bin edges [0, 256) of 8-bit data to [-1, 1), as score_sde's centered
+    data and its dequantization (k + u) / 256 do; not k / 255), so by the
     change of variables of this affine map, per draw,
 
         log p_x(k + u) = logp_model(y) + sum_i log|high_i - low_i| - D log n_bins,

@@ -7,6 +7,11 @@ Conventions held by every loss here:
   batch reduction through `REDUCTIONS`: 'mean' (default), 'sum', or 'none' for the (B,) per-sample values.
 - Time-conditioned models are called score_fn(x, t) with t of shape (B,) in x's dtype; times are drawn and
   the SDE's coefficients computed in float64.
+- Half-precision data (float16, bfloat16) gives a float32 loss, as autocast's losses are: the residual is formed
+  and its squares summed over the D dimensions in float32, and the weights (std^2, g^2 / std^2, up to 1e5 at
+  t = 1e-5) are applied in float32. In float16 a sum of D squares overflows from D of a few thousand, and the
+  VE-SDE's std(t) reaches 378 and more. The model still sees x_t and t in the data's dtype. float32 and float64
+  data keep their dtype (or the model output's, if wider).
 - `ism_loss` and `ssm_loss` are objectives for the score of ONE law: score_fn(x) of x alone, called once on the
   B rows of x. To apply them to a noise-conditional model at a fixed time, pass `lambda x: score_fn(x, t)`.
 - `ncsn_loss` takes NCSN's sigma-conditioned model score_fn(x, sigma), sigma of shape (B,).
@@ -37,7 +42,7 @@ from ._checks import (
     check_sigmas,
     check_time,
 )
-from .sde import SDE, batch_view
+from .sde import SDE, wide_view, work_dtype
 
 __all__ = [
     "dsm_loss",
@@ -142,7 +147,8 @@ def _evaluate(fn: Callable, x: Tensor, *cond: Tensor, name: str) -> Tensor:
 
 
 def _sum_sq(r: Tensor) -> Tensor:
-    return r.pow(2).flatten(1).sum(1)
+    """||r_b||^2 per sample, shape (B,): in float32 for a half-precision r, whose sum over D dimensions overflows."""
+    return r.to(work_dtype(r)).pow(2).flatten(1).sum(1)
 
 
 def _draw_times(
@@ -200,7 +206,7 @@ def _noised(
     alpha, std = sde.kernel(t)
     if not bool((std > 0).all()):
         raise ValueError("the kernel's std(t) must be > 0 for DSM's target -z / std; use t > 0.")
-    x_t = batch_view(alpha, x0) * x0 + batch_view(std, x0) * z
+    x_t = (wide_view(alpha, x0) * x0 + wide_view(std, x0) * z).to(x0.dtype)  # rounded once to the model's input dtype
     return x0, t, x_t, z, std, weight
 
 
@@ -239,7 +245,8 @@ def dsm_loss(
         t: fixed times (B,) instead of drawn ones (a fixed-time objective, or exact comparisons).
         noise: fixed z shaped like x0 instead of a drawn one.
     Returns:
-        The reduced loss (scalar), or per-sample values (B,) with reduce='none'.
+        The reduced loss (scalar), or per-sample values (B,) with reduce='none'; float32 for half-precision x0
+        (the residual, its sum over dimensions and the weight are formed in float32), else x0's dtype.
     """
     weighting = _resolve("weighting", weighting, WEIGHTINGS)
     reduction = _resolve("reduce", reduce, REDUCTIONS)
@@ -257,7 +264,8 @@ def dsm_loss(
     w = w / (std * std)
     if weight is not None:
         w = w * weight
-    loss = 0.5 * _sum_sq(batch_view(std, x_t) * s + z) * w.to(x0.dtype)
+    r = wide_view(std, x_t) * s + z  # float32 for half-precision data: std reaches 378 and more for the VE-SDE
+    loss = 0.5 * _sum_sq(r) * w.to(work_dtype(r))
     return reduction(loss)
 
 
@@ -279,7 +287,8 @@ def eps_loss(
     `dsm_loss(sde, score_from_eps(sde, eps_fn), x0, weighting='sigma2')` value for value under the same
     generator state, since std^2 ||s + z/std||^2 = ||-eps + z||^2 for s = -eps / std.
 
-    Args: as `dsm_loss`; eps_fn(x, t) predicts the noise z, shaped like x.
+    Args: as `dsm_loss`; eps_fn(x, t) predicts the noise z, shaped like x. Returns as `dsm_loss` (float32 for
+    half-precision x0).
     """
     reduction = _resolve("reduce", reduce, REDUCTIONS)
     check_callable("eps_fn", eps_fn, "eps_fn(x, t)")
@@ -322,13 +331,13 @@ def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "
     x, graph = _leaf_for_derivatives(x, "ism_loss")
     with torch.enable_grad():  # the loss is made of x-derivatives, whatever the caller's grad mode
         s = _evaluate(score_fn, x, name="score_fn").flatten(1)
-        trace = torch.zeros(x.shape[0], dtype=s.dtype, device=s.device)
+        trace = torch.zeros(x.shape[0], dtype=work_dtype(s), device=s.device)
         if s.requires_grad:
             for i in range(s.shape[1]):
                 (row,) = torch.autograd.grad(s[:, i].sum(), x, create_graph=graph, retain_graph=True, allow_unused=True)
                 if row is not None:
                     trace = trace + row.flatten(1)[:, i]
-        loss = reduction(trace + 0.5 * s.pow(2).sum(1))
+        loss = reduction(trace + 0.5 * _sum_sq(s))
     return loss if graph else loss.detach()
 
 
@@ -382,11 +391,12 @@ def ssm_loss(
     v = v.reshape(M, *x.shape)
     with torch.enable_grad():
         s = _evaluate(score_fn, x, name="score_fn")
-        sv = (s * v).flatten(2).sum(2)  # (M, B): s broadcast over the M projections
+        w = work_dtype(s)  # float32 for half precision: products rounded to it would cost v^T s its digits
+        sv = (s.to(w) * v.to(w)).flatten(2).sum(2)  # (M, B): s broadcast over the M projections
 
         def vJv(m: int) -> Tensor:  # v_m^T (d s / d x) v_m, one backward pass through the shared evaluation
             (Jv,) = torch.autograd.grad(sv[m].sum(), x, create_graph=graph, retain_graph=True, allow_unused=True)
-            return (Jv * v[m]).flatten(1).sum(1) if Jv is not None else torch.zeros_like(sv[m])
+            return (Jv.to(w) * v[m].to(w)).flatten(1).sum(1) if Jv is not None else torch.zeros_like(sv[m])
 
         first = torch.stack([vJv(m) for m in range(M)]).mean(0) if s.requires_grad else torch.zeros_like(sv[0])
         last = 0.5 * _sum_sq(s) if variance_reduction else (0.5 * sv * sv).mean(0)
@@ -433,6 +443,8 @@ def ncsn_loss(
         labels: 0-based indices (B,) into sigmas; drawn uniformly (first, from `generator`) when None.
         noise: fixed z shaped like x0; drawn (second) when None.
         reduce: 'mean' | 'sum' | 'none'.
+    Returns:
+        As `dsm_loss`: float32 for half-precision x0, else x0's dtype.
     """
     reduction = _resolve("reduce", reduce, REDUCTIONS)
     check_callable("score_fn", score_fn, "score_fn(x, sigma)")
@@ -449,6 +461,6 @@ def ncsn_loss(
         z = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     else:
         z = check_like("noise", noise, x0, "x0")
-    x_t = x0 + batch_view(sigma, x0) * z
+    x_t = (x0 + wide_view(sigma, x0) * z).to(x0.dtype)
     s = _evaluate(score_fn, x_t, sigma.to(x0.dtype), name="score_fn")
-    return reduction(0.5 * _sum_sq(batch_view(sigma, x_t) * s + z))
+    return reduction(0.5 * _sum_sq(wide_view(sigma, x_t) * s + z))

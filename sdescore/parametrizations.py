@@ -10,6 +10,15 @@ Each converter is a small callable object (x: (B, *dims), t: (B,) floating) -> t
 checks the types and shapes of x, t and the wrapped function's output (raising a TypeError or ValueError that
 names them), but not the values of t, which would cost a host synchronisation at every step of a sampler.
 
+Precision: the kernel is computed at t in float64 and the coefficients are combined with the tensors in
+`work_dtype(x)` (float32 for a half-precision x, x's dtype otherwise); only the result is rounded to x's dtype,
+which it always has. In float16, std(t)^2, 1 / std(t)^2 or std(t) itself overflow or fall among the subnormals for
+the VE-SDE's usual sigma_max (378 and above) although the converted quantity fits; and a t that arrives already
+rounded to x's dtype (bfloat16 keeps three digits) costs no more than its own rounding. What no converter
+restores is the network's own rounding where a formula cancels: (alpha D - x) / std^2 amplifies the rounding of D
+by alpha / std^2, so below std(t) of about 0.02 a float16 denoiser leaves the score without a correct digit (an eps
+or score network does not have this problem).
+
 Domain: t in [0, T]. `score_from_eps` and `score_from_denoiser` divide by std(t), so they need std(t) > 0: at
 t = 0 of the VP and sub-VP SDEs (std(0) = 0) no score follows from eps or x0 and they return inf or NaN, as the
 formula does. The samplers never evaluate there (their times are >= eps > 0), and they raise NonFiniteError,
@@ -20,11 +29,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 from torch import Tensor
 
 from ._checks import check_output
 
-from .sde import SDE, batch_view
+from .sde import SDE, wide_view, work_dtype
 
 __all__ = [
     "score_from_eps",
@@ -74,35 +84,41 @@ class _Converter:
             )
 
     def _out(self, x: Tensor, t: Tensor) -> Tensor:
-        return check_output(self.name, self.fn(x, t), x, cast_under_autocast=True)
+        """The wrapped function at (x, t), in work_dtype(x) for the converter's arithmetic."""
+        return check_output(self.name, self.fn(x, t), x, cast_under_autocast=True).to(work_dtype(x))
+
+    def _kernel(self, t: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(alpha(t), std(t)) in float64, as (B, 1, ..., 1) views in work_dtype(x)."""
+        alpha, std = self.sde.kernel(t.to(torch.float64))
+        return wide_view(alpha, x), wide_view(std, x)
 
 
 class _ScoreFromEps(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self._check(x, t)
-        _, std = self.sde.kernel(t)
-        return -self._out(x, t) / batch_view(std, x)
+        _, std = self._kernel(t, x)
+        return (-self._out(x, t) / std).to(x.dtype)
 
 
 class _EpsFromScore(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self._check(x, t)
-        _, std = self.sde.kernel(t)
-        return -batch_view(std, x) * self._out(x, t)
+        _, std = self._kernel(t, x)
+        return (-std * self._out(x, t)).to(x.dtype)
 
 
 class _ScoreFromDenoiser(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self._check(x, t)
-        alpha, std = self.sde.kernel(t)
-        return (batch_view(alpha, x) * self._out(x, t) - x) / batch_view(std * std, x)
+        alpha, std = self._kernel(t, x)
+        return ((alpha * self._out(x, t) - x) / (std * std)).to(x.dtype)
 
 
 class _DenoiserFromScore(_Converter):
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         self._check(x, t)
-        alpha, std = self.sde.kernel(t)
-        return (x + batch_view(std * std, x) * self._out(x, t)) / batch_view(alpha, x)
+        alpha, std = self._kernel(t, x)
+        return ((x + std * std * self._out(x, t)) / alpha).to(x.dtype)
 
 
 def score_from_eps(sde: SDE, eps_fn: Fn) -> Fn:

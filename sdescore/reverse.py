@@ -97,12 +97,14 @@ class IncrementBrownian(torchsde.BaseBrownian):
         return self._levy
 
 
-def _check_bm(bm: object, shape: tuple[int, ...], s_end: float) -> None:
-    """bm: a torchsde Brownian motion of the flattened state's shape covering the solver times [0, s_end]."""
+def _check_bm(bm: object, shape: tuple[int, ...], dtype: torch.dtype, s_end: float) -> None:
+    """bm: a torchsde Brownian motion of the flattened state's shape and dtype covering the solver times [0, s_end]."""
     if not isinstance(bm, torchsde.BaseBrownian):
         raise TypeError(f"bm must be a torchsde Brownian motion (e.g. torchsde.BrownianInterval) or None, got {type(bm).__name__}.")
     if tuple(bm.shape) != shape:
         raise ValueError(f"bm must have the shape (B, D) = {shape} of the flattened state, got {tuple(bm.shape)}.")
+    if getattr(bm, "dtype", dtype) != dtype:  # a float32 path under a float64 state would round every increment
+        raise TypeError(f"bm must have the state's dtype {dtype}, got {bm.dtype}; create it with dtype={dtype}.")
     # BrownianInterval keeps its interval in private attributes; outside it torchsde only warns and clamps
     start, end = getattr(bm, "_start", None), getattr(bm, "_end", None)
     if start is not None and end is not None and (start > 0.0 or end < s_end * (1 - 1e-12)):
@@ -141,9 +143,17 @@ class ReverseSDE:
         self.sde = sde
         self.score_fn = score_fn
         self.probability_flow = check_bool("probability_flow", probability_flow)
+        if event_shape is not None and (
+            isinstance(event_shape, (str, bytes)) or not hasattr(event_shape, "__iter__")
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in event_shape)
+        ):
+            raise TypeError(f"event_shape must be a tuple of positive ints (the data shape, e.g. (3, 32, 32)) or None, "
+                            f"got {event_shape!r}.")
         self.event_shape = None if event_shape is None else tuple(event_shape)
         self.sde_type = sde_type
-        self._score = score_fn if isinstance(score_fn, CheckedScore) else CheckedScore(score_fn)
+        # A solve of `sample` gets its own recording CheckedScore (a copy of this object); this one, which
+        # torchsde.sdeint may call any number of times, checks each call at once and keeps nothing.
+        self._score = score_fn if isinstance(score_fn, CheckedScore) else CheckedScore(score_fn, record=False)
         # the memo of _drift_and_g's last evaluations: empty (maxlen 0, it keeps nothing) except in the copy
         # `sample` makes for one solve
         self._memo: deque[tuple[Tensor, int, float, Tensor, float]] = deque(maxlen=0)
@@ -177,6 +187,11 @@ class ReverseSDE:
             if memo[0] is y and memo[1] == version and memo[2] == t_value:
                 return memo[3], memo[4]
         B = y.shape[0]
+        if self.event_shape is not None and math.prod(self.event_shape) != y[0].numel():
+            raise ValueError(
+                f"event_shape {self.event_shape} holds {math.prod(self.event_shape)} values, but the flattened state has "
+                f"D = {y[0].numel()} per sample (shape {tuple(y.shape)}); pass the data shape of y0's samples."
+            )
         x = y.reshape(B, *(self.event_shape or y.shape[1:]))
         t = torch.full((B,), t_value, dtype=torch.float64, device=y.device)
         # g(t) is shared by the batch: evaluated once, on the host, it enters as a Python scalar (no device
@@ -237,7 +252,7 @@ class ReverseSDE:
         y0 = x_T.reshape(B, -1)
         s_end = self.sde.T - eps
         if bm is not None:
-            _check_bm(bm, tuple(y0.shape), s_end)
+            _check_bm(bm, tuple(y0.shape), y0.dtype, s_end)
         else:
             if levy == "foster":
                 if generator is not None:

@@ -5,8 +5,12 @@ prior and discrete chain. It owns no parameters, no device and no state. Subclas
 mathematics in the paper's symbols (`f`, `g`, `kernel`); the public verbs (`drift`, `diffusion`,
 `marginal_prob`, `perturb`) check their inputs once and call them. Solvers call the symbols directly.
 
-Time tensors have shape (B,). Coefficients are computed in the dtype of `t` (the samplers keep time in
-float64) and cast to the dtype of `x` where they meet the data.
+Time tensors have shape (B,). The symbols compute their coefficients in the dtype of `t` (the samplers keep time
+in float64); the public verbs widen a half-precision `t` to float32 first and round the coefficient back to its
+dtype once (float16's exp overflows for sigma_max / sigma_min above 65504 where sigma(t) itself fits, and its
+subnormals cost the VP kernel its digits at small t). Coefficients are cast to the dtype of `x` where they meet
+the data; where `x` is in half precision the solvers form the products in float32 (`wide_view`) and round the
+result once.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ import torch
 from torch import Tensor
 
 from ._checks import (
-    HALF_DTYPES, check_data, check_float_dtype, check_generator, check_int, check_like, check_numbers, check_real,
-    check_time,
+    HALF_DTYPES, all_finite, check_data, check_float_dtype, check_generator, check_int, check_like, check_numbers,
+    check_real, check_time,
 )
 
 if TYPE_CHECKING:
@@ -37,6 +41,43 @@ __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "ScoreFn", "batch_view"]
 def batch_view(c: Tensor, x: Tensor) -> Tensor:
     """Reshape per-sample coefficients c of shape (B,) to broadcast against x of shape (B, *dims)."""
     return c.to(dtype=x.dtype).reshape(c.shape[0], *([1] * (x.ndim - 1)))
+
+
+def work_dtype(x: Tensor) -> torch.dtype:
+    """The precision in which coefficients meet x: float32 for a half-precision x, x's dtype otherwise."""
+    return torch.float32 if x.dtype in HALF_DTYPES else x.dtype
+
+
+def wide_view(c: Tensor, x: Tensor) -> Tensor:
+    """`batch_view` in `work_dtype(x)`: a product with x then runs in float32 where x is in half precision.
+
+    g(t)^2 h, std(t)^2 or 1 / std(t)^2 exceed float16's range (65504) or fall among its subnormals for the VE-SDE's
+    usual sigma_max, although the result of the product fits; the caller rounds that result to x's dtype once.
+    """
+    return c.to(dtype=work_dtype(x)).reshape(c.shape[0], *([1] * (x.ndim - 1)))
+
+
+def _wide(t: Tensor) -> Tensor:
+    """t in float32 where it is in half precision, else t itself: the public verbs' working precision."""
+    return t.float() if t.dtype in HALF_DTYPES else t
+
+
+def _fits(name: str, c: Tensor, t: Tensor) -> Tensor:
+    """A public verb's coefficient c, computed at _wide(t), in t's dtype: raises where it overflows that dtype.
+
+    Widened to float32, a coefficient overflows a half-precision t's dtype only where its value lies beyond that
+    range (65504 in float16): the public verbs then raise instead of returning inf. One host read, for a
+    half-precision t only.
+    """
+    if t.dtype not in HALF_DTYPES:
+        return c
+    c = c.to(t.dtype)
+    if not all_finite(c):
+        raise ValueError(
+            f"{name} exceeds the range of t's dtype {t.dtype} (largest {torch.finfo(t.dtype).max:g}) at some of the "
+            f"times given, t in [{float(t.min())}, {float(t.max())}]; pass t in float32 or float64."
+        )
+    return c
 
 
 class SDE(abc.ABC):
@@ -103,11 +144,12 @@ class SDE(abc.ABC):
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """Drift f(x, t). x: (B, *dims), t: (B,) in [0, T]. Returns a tensor shaped like x."""
         x = check_data("x", x)
-        return self.f(x, check_time("t", t, x.shape[0], self.T))
+        return self.f(x, _wide(check_time("t", t, x.shape[0], self.T)))
 
     def diffusion(self, t: Tensor) -> Tensor:
-        """Diffusion coefficient g(t), shape (B,). t: (B,) in [0, T]."""
-        return self.g(check_time("t", t, None, self.T))
+        """Diffusion coefficient g(t), shape (B,), in t's dtype. t: (B,) in [0, T]."""
+        t = check_time("t", t, None, self.T)
+        return _fits("g(t)", self.g(_wide(t)), t)
 
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Perturbation kernel p_t(x | x0) = N(mean, std^2 I): returns (mean shaped like x0, std of shape (B,)).
@@ -118,8 +160,8 @@ class SDE(abc.ABC):
         """
         x0 = check_data("x0", x0)
         t = check_time("t", t, x0.shape[0], self.T)
-        alpha, std = self.kernel(t)
-        return batch_view(alpha, x0) * x0, std
+        alpha, std = self.kernel(_wide(t))
+        return batch_view(_fits("alpha(t)", alpha, t), x0) * x0, _fits("std(t)", std, t)
 
     def perturb(
         self, x0: Tensor, t: Tensor, noise: Tensor | None = None, *, generator: torch.Generator | None = None
@@ -339,7 +381,9 @@ class VPSDE(_LinearBetaSDE):
                 f"beta_max (T - eps) steps; take more steps, or another predictor."
             )
         beta_i = self.beta(t) * dt
-        return (batch_view(torch.sqrt(1.0 - beta_i), x) - 1.0) * x, torch.sqrt(beta_i)
+        # sqrt(1 - beta_i) - 1 without cancellation: rounded to x's dtype before subtracting 1, the coefficient
+        # (about -beta_i / 2, 5e-5 at DDPM's first step) kept 1e-3 of its digits in float32 and none in float16
+        return batch_view(-beta_i / (1.0 + torch.sqrt(1.0 - beta_i)), x) * x, torch.sqrt(beta_i)
 
 
 class SubVPSDE(_LinearBetaSDE):

@@ -145,6 +145,13 @@ def test_mnist_labels_of_another_type_or_range_are_rejected(tmp_path, labels, ma
         load_mnist(tmp_path)
 
 
+def test_mnist_images_of_another_size_are_rejected(tmp_path):
+    fake_mnist(tmp_path, "train", 4, gz=False, seed=0)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((4, 32, 32), np.uint8), gz=False)  # CIFAR-sized
+    with pytest.raises(ValueError, match=r"images: expected uint8 IDX data of shape \(N, 28, 28\), got uint8 \(4, 32, 32\)"):
+        load_mnist(tmp_path)
+
+
 def test_missing_mnist_file_says_which_where_and_from_where(tmp_path):
     with pytest.raises(FileNotFoundError) as e:
         load_mnist(tmp_path, "test")

@@ -520,3 +520,73 @@ def test_ncsn_from_score_rejects_levels_outside_the_sde(sde):
             f(x, torch.tensor(sigma, dtype=F64))
     with pytest.raises(ValueError, match=r"sigma must have shape \(3,\)"):
         f(x, torch.tensor(1.0, dtype=F64))
+
+
+# ---------------------------------------------------------------------------------------------- half precision
+HALF_SDES = {
+    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),
+    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),
+    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),  # alpha(1) = 4.4e-5 is subnormal in float16
+    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(HALF_SDES))
+def test_ncsn_from_score_in_half_precision_agrees_with_float64(name, dtype):
+    """ncsn(x, sigma) = alpha score(alpha x, t) for half-precision x and sigma, against the same formula in float64
+    from the same (exact, N(0, I)) score at the time the score is given (t in x's dtype, the interface). The score's
+    input alpha x, its output and the result are each rounded once (eps / 2 relative each; the score is linear in x),
+    the float32 product in between adds ~1e-7: |error| <= 2 eps |ncsn| plus float16's subnormal spacing."""
+    sde = HALF_SDES[name]()
+    t_levels = torch.tensor([1e-3, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0], dtype=F64)
+    alpha, std = sde.kernel(t_levels)
+    sigma = (std / alpha).to(dtype)
+    x = torch.randn(9, 3, generator=gen(0), dtype=F64).mul(torch.sqrt(1 + sigma.double() ** 2)[:, None]).to(dtype)
+
+    def score(y, t):  # exact score of N(0, I) data under the kernel, at the times as given
+        a, s = sde.kernel(t.double())
+        return (-y.double() / (a**2 + s**2)[:, None]).to(y.dtype)
+
+    got = ncsn_from_score(sde, score)(x, sigma)
+    t = sde.t_from_log_snr(-2.0 * torch.log(sigma.double())).clamp(0.0, sde.T)
+    a = sde.kernel(t)[0][:, None]
+    a_s, s_s = sde.kernel(t.to(dtype).double())
+    want = a * (-(a * x.double()) / (a_s**2 + s_s**2)[:, None])
+    assert got.dtype == dtype
+    info = torch.finfo(dtype)
+    assert bool(((got.double() - want).abs() <= 2 * info.eps * want.abs() + info.tiny * info.eps).all())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_annealed_langevin_corrector_in_half_precision_agrees_with_float64(dtype, monkeypatch):
+    """One step x + (alpha / 2) s + sqrt(alpha) z with alpha = step_lr std^2 / sigma_min^2 = 1e6 at t = 1 for
+    VE(1e-3, 1000) (beyond float16's 65504: the step was inf), against the same step in float64 with the same z.
+    s, the float32 step and the result are each rounded once: |error| <= eps (|x| + |alpha s / 2| + |sqrt(alpha) z|)."""
+    sde = sds.VESDE(sigma_min=1e-3, sigma_max=1000.0)
+    corrector = AnnealedLangevinCorrector(sigma_min=1e-3, step_lr=1e-6)  # alpha(1) = 1e6 = sigma(1)^2
+    x = (1000 * torch.randn(8, 3, generator=gen(0))).to(dtype)
+    z = torch.randn(8, 3, generator=gen(1)).to(dtype)  # the same draw for both precisions
+    monkeypatch.setattr("sdescore.discrete._randn_like", lambda like, generator: z.to(like.dtype))
+    score = lambda y, t: (-y.double() / (1 + sde.sigma(t.double()) ** 2)[:, None]).to(y.dtype)  # noqa: E731
+    t = torch.ones(8, dtype=F64)
+    got, got_mean = corrector.step(sde, score, x, t, 0.01, 1, 0.16, None)
+    want, want_mean = corrector.step(sde, score, x.double(), t, 0.01, 1, 0.16, None)
+    assert got.dtype == got_mean.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    X = x.double()
+    drift = (want_mean - X).abs()
+    assert bool(((got_mean.double() - want_mean).abs() <= eps * (X.abs() + drift)).all())
+    assert bool(((got.double() - want).abs() <= eps * (X.abs() + drift + 1000 * z.double().abs())).all())
+
+
+def test_ddpm_betas_refuse_beta_min_zero_and_say_why():
+    """beta_0 = beta_min / N = 0 is a first step without noise: alpha_bar_0 = 1, and DDPM's sampler would divide by
+    sqrt(1 - alpha_bar_0) = 0. The VP-SDE takes beta_min = 0 (its kernel has std(t) > 0 for t > 0); the chain cannot."""
+    with pytest.raises(ValueError, match=r"beta_min must be > 0, got 0.0: beta_0 = beta_min / N .* first step"):
+        ddpm_betas(0.0, 20.0, 1000)
+    with pytest.raises(ValueError, match=r"beta_min must be > 0, got -0.1"):
+        ddpm_betas(-0.1, 20.0, 1000)
+    sds.VPSDE(beta_min=0.0, beta_max=20.0)
+    with pytest.raises(ValueError, match=r"every beta_i must lie in \(0, 1\)"):
+        ddpm_sample(lambda y, i: y, [0.0, 0.1], torch.zeros(2, 2))

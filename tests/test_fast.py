@@ -179,37 +179,41 @@ def test_third_order_multistep_is_globally_second_order_through_its_warm_up(data
     assert _fitted_order(warm, warm_steps) > 3.0, warm
 
 
-def test_lower_order_final_lowers_the_last_steps_orders_below_ten_steps():
-    """With lower_order_final and steps < 10, 3M takes orders min(3, i + 1, steps - i): [1, 2, 3, 2, 1] at 5 steps.
-
-    Checked step by step against single multistep steps of the stated order fed the same history.
-    """
+def _multistep_orders_taken(steps, lower_order_final):
+    """The order each step of 3M took: each step is checked against single multistep steps of orders 1, 2, 3 fed the
+    same history, and the orders whose step equals it (bit for bit) are listed."""
     sde = sds.VPSDE()
     dm = _gaussian().diffuse(sde)
     x_T = dm.sample(16, sde.T, torch.Generator().manual_seed(4))
-    ts = sds.time_grid(sde, 5, "log_snr", 1e-3)
-    seen = []
-    for lower in (True, False):
-        method = _Multistep(3, True, lower_order_final=lower)
-        run = _Run(sde, CheckedScore(dm), ts, x_T, None)
-        method.prepare(run)
-        x, orders = x_T, []
-        for i in range(5):
-            history = list(method.history)
-            out = method.step(run, x, i)
-            # the same step at each order, from the same history: which one did it take?
-            match = []
-            for k in (1, 2, 3):
-                probe = _Multistep(k, True, lower_order_final=False)
-                probe.history = history[-(k - 1):] if k > 1 else []
-                run_k = _Run(sde, CheckedScore(dm), ts, x_T, None)
-                if len(probe.history) + 1 >= k and torch.equal(probe.step(run_k, x, i), out):
-                    match.append(k)
-            orders.append(match)
-            x = out
-        seen.append(orders)
-    assert seen[0] == [[1], [2], [3], [2], [1]], seen[0]
-    assert seen[1] == [[1], [2], [3], [3], [3]], seen[1]
+    ts = sds.time_grid(sde, steps, "log_snr", 1e-3)
+    method = _Multistep(3, True, lower_order_final=lower_order_final)
+    run = _Run(sde, CheckedScore(dm), ts, x_T, None)
+    method.prepare(run)
+    x, orders = x_T, []
+    for i in range(steps):
+        history = list(method.history)
+        out = method.step(run, x, i)
+        match = []
+        for k in (1, 2, 3):
+            probe = _Multistep(k, True, lower_order_final=False)
+            probe.history = history[-(k - 1):] if k > 1 else []
+            run_k = _Run(sde, CheckedScore(dm), ts, x_T, None)
+            if len(probe.history) + 1 >= k and torch.equal(probe.step(run_k, x, i), out):
+                match.append(k)
+        orders.append(match)
+        x = out
+    return orders
+
+
+@pytest.mark.parametrize("steps", [5, 9, 10])
+def test_lower_order_final_lowers_the_last_steps_orders_below_ten_steps(steps):
+    """With lower_order_final and steps < 10, 3M takes orders min(3, i + 1, steps - i): [1, 2, 3, 2, 1] at 5 steps;
+    from 10 steps on, and without lower_order_final, min(3, i + 1) (Lu et al.'s rule, as documented). 9 and 10 pin
+    the boundary."""
+    lowered = [[min(3, i + 1, steps - i)] for i in range(steps)]
+    plain = [[min(3, i + 1)] for i in range(steps)]
+    assert _multistep_orders_taken(steps, True) == (lowered if steps < 10 else plain)
+    assert _multistep_orders_taken(steps, False) == plain
 
 
 @pytest.mark.parametrize("data_prediction", [False, True], ids=["noise_form", "data_form"])
@@ -393,6 +397,43 @@ def test_adaptive_sde_adds_exactly_one_brownian_path_whatever_it_rejects(rtol):
         assert (p < LEVEL) == redraw, (redraw, p, out.nfe)
 
 
+def test_adaptive_sde_accepts_and_sizes_its_first_step_by_the_documented_error_norm():
+    """One iteration of the solver against the formula of Jolicoeur-Martineau et al. (2021) as documented: for
+    dx = dw (g = 1, f = 0) and a score s(x, t) = k t that ignores x, the two proposals over [t - h, t] are
+    x' = x + h k t + W and x~ = x + h k (t - h) + W, so x' - x'' = (x' - x~) / 2 = k h^2 / 2 in every entry, and with
+    W = sqrt(h) Z (Z the generator's first draw) every quantity of the decision is known:
+        delta = max(atol, rtol max(|x'|, |x'_prev|)),  x'_prev = x_T at the first iteration,
+        E = ||(x' - x'') / delta||_2 / sqrt(D),  accept iff E <= 1,
+        h_next = min(safety h E^-exponent, t - h - eps if accepted else 0.99 h).
+    The rows of x_T (|x_T| from 0 to 2000, one negative) put E on both sides of 1, some within a factor 2 of it;
+    checked per sample: the time the second iteration starts from (t - h if accepted, else t), its step h_next and
+    its state (x'' = x + h k (t - h / 2) + W if accepted, else x_T), all read from the score's arguments."""
+    k, h, T, eps, D = 140.0, 0.1, 1.0, 1e-3, 3
+    rtol, atol, safety, exponent = 1e-3, 0.5, 0.9, 0.9
+    x_T = torch.tensor([0.0, 300.0, 500.0, 700.0, 1000.0, -1000.0, 2000.0], dtype=torch.float64)[:, None].repeat(1, D)
+    calls = []
+
+    def score(x, t):
+        calls.append((x.clone(), t.clone()))
+        return (k * t)[:, None].expand_as(x).clone()
+
+    adaptive_sde_sample(_Brownian(), score, x_T, rtol=rtol, atol=atol, eps=eps, h_init=h, safety=safety,
+                        exponent=exponent, generator=torch.Generator().manual_seed(0))
+    W = math.sqrt(h) * torch.randn(x_T.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x1 = x_T + h * k * T + W
+    delta = torch.maximum(torch.full_like(x1, atol), rtol * torch.maximum(x1.abs(), x_T.abs()))
+    E = (torch.full_like(x1, k * h**2 / 2) / delta).norm(dim=1) / math.sqrt(D)
+    accept = E <= 1.0
+    assert 0 < int(accept.sum()) < len(E) and bool(((E > 0.5) & (E <= 1.0)).any()), E  # both outcomes, one near 1
+    full = lambda value: torch.full_like(E, value)  # noqa: E731
+    h_next = torch.minimum(safety * h * E ** -exponent, torch.where(accept, full(T - h - eps), full(0.99 * h)))
+    (x_second, t_second), (_, t_second_late) = calls[2], calls[3]  # the second iteration's two evaluations
+    torch.testing.assert_close(t_second, torch.where(accept, full(T - h), full(T)), rtol=1e-14, atol=0.0)
+    torch.testing.assert_close(t_second - t_second_late, h_next, rtol=1e-12, atol=0.0)
+    x_extrapolated = x_T + h * k * (T - h / 2) + W
+    torch.testing.assert_close(x_second, torch.where(accept[:, None], x_extrapolated, x_T), rtol=1e-14, atol=1e-12)
+
+
 def test_stochastic_samplers_are_reproducible_from_the_generator():
     sde = sds.VPSDE()
     dm = ring().diffuse(sde)
@@ -415,6 +456,59 @@ def test_churn_off_is_the_deterministic_sampler_and_churn_on_is_not():
     outside = heun_sample(sde, dm, x_T, steps=8, S_churn=5.0, S_tmin=1e3, generator=torch.Generator().manual_seed(1))
     assert torch.equal(plain.x, zero.x) and torch.equal(plain.x, outside.x)
     assert not torch.equal(plain.x, churned.x) and churned.nfe == plain.nfe
+
+
+def _edm_algorithm_2(denoiser, x, sigmas, S_churn, S_tmin, S_tmax, S_noise, generator):
+    """Karras et al. (2022), algorithm 2, written out in sigma for the VE-SDE (s(t) = 1), with sdescore's two
+    documented conventions: sigma_hat is capped at sigma_0 = sigma(T), where the SDE ends, and noise is drawn only
+    at the steps that churn (sigma_hat > sigma_i), so the generator's draws line up."""
+    n = len(sigmas) - 1
+    churned = []
+    for i in range(n):
+        s_cur, s_next = sigmas[i], sigmas[i + 1]
+        gamma = min(S_churn / n, math.sqrt(2.0) - 1.0) if S_tmin <= s_cur <= S_tmax else 0.0
+        s_hat = min(s_cur + gamma * s_cur, sigmas[0])
+        if s_hat > s_cur:
+            churned.append(i)
+            eps_i = S_noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)  # eps_i ~ N(0, S_noise^2 I)
+            x = x + math.sqrt(s_hat**2 - s_cur**2) * eps_i
+        d = (x - denoiser(x, s_hat)) / s_hat
+        x_next = x + (s_next - s_hat) * d
+        d_prime = (x_next - denoiser(x_next, s_next)) / s_next
+        x = x + (s_next - s_hat) * (0.5 * d + 0.5 * d_prime)
+    return x, churned
+
+
+@pytest.mark.parametrize(
+    "S_churn, S_tmax",
+    [(3.0, 15.0), (40.0, 15.0), (40.0, math.inf)],
+    ids=["below_the_cap", "above_the_cap", "whole_range"],
+)
+def test_heun_with_churn_is_edm_algorithm_2(S_churn, S_tmax):
+    """heun_sample with churn against algorithm 2 written out here on the VE-SDE, from the same x_T and generator,
+    equal to float64 rounding (1e-12 of the state's scale). n = 12 steps, so the cap N (sqrt 2 - 1) = 4.97 lies
+    between S_churn = 3 (gamma = 1/4) and 40 (gamma = sqrt 2 - 1); S_noise = 1.3; the window [0.05, 15] leaves out
+    the first three nodes (50, 32.8, 20.9) and the last (0.036); with S_tmax = inf the first node's sigma_hat is
+    capped at sigma(T). The grid is Karras et al.'s eq. 5 (rho = 7) computed here, and the denoiser
+    D(x, sigma) = x + sigma^2 score(x, t(sigma)) with t(sigma) = log(sigma / sigma_min) / log(sigma_max / sigma_min)."""
+    sigma_min, sigma_max, n, eps = 0.01, 50.0, 12, 1e-3
+    sde = sds.VESDE(sigma_min, sigma_max)
+    dm = single_gaussian([0.3, -0.2], [1.0, 0.5]).diffuse(sde)
+    x_T = dm.sample(16, 1.0, torch.Generator().manual_seed(0))
+    S_tmin, S_noise = 0.05, 1.3
+
+    def denoiser(x, sigma):
+        t = math.log(sigma / sigma_min) / math.log(sigma_max / sigma_min)
+        return x + sigma**2 * dm(x, torch.full((x.shape[0],), t, dtype=torch.float64))
+
+    lo, hi = sigma_min * (sigma_max / sigma_min) ** eps, sigma_max
+    sigmas = [(hi ** (1 / 7) + i / n * (lo ** (1 / 7) - hi ** (1 / 7))) ** 7 for i in range(n + 1)]
+    expected, churned = _edm_algorithm_2(denoiser, x_T, sigmas, S_churn, S_tmin, S_tmax, S_noise,
+                                         torch.Generator().manual_seed(5))
+    assert churned == (list(range(3, 11)) if S_tmax == 15.0 else list(range(1, 11)))  # the window cuts nodes off
+    out = heun_sample(sde, dm, x_T, steps=n, eps=eps, S_churn=S_churn, S_tmin=S_tmin, S_tmax=S_tmax,
+                      S_noise=S_noise, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(out.x, expected, rtol=0.0, atol=1e-12 * float(expected.abs().max()))
 
 
 # ---------------------------------------------------------------------- failures and input checks
@@ -473,6 +567,43 @@ def test_the_final_denoising_evaluation_and_per_sample_times_are_named_when_they
         adaptive_sde_sample(sde, nan_in_sample_3, x_T, generator=torch.Generator().manual_seed(1))
 
 
+def test_adaptive_sde_keeps_two_numbers_per_score_call_for_its_error_message(monkeypatch):
+    """CheckedScore keeps each call's `when` until the solve ends, for the error message. The adaptive solver gives
+    it (min t, max t) of the call's times, two numbers, not a tensor (the (B,) times, views of the iteration's
+    whole coefficient rows, would hold 8 B numbers per call). A NaN at the fifth evaluation is still reported with
+    that call's range of times."""
+    kept = []
+
+    class Keeping(CheckedScore):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            kept.append(self)
+
+    monkeypatch.setattr(sds.fast, "CheckedScore", Keeping)
+    sde = sds.VPSDE()
+    dm = ring().diffuse(sde)
+    B = 1024
+    x_T = dm.sample(B, 1.0, torch.Generator().manual_seed(0))
+    out = adaptive_sde_sample(sde, dm, x_T, generator=torch.Generator().manual_seed(1))
+    whens = kept[-1]._when
+    assert len(whens) == out.nfe > 20
+    assert all(isinstance(w, tuple) and len(w) == 2 and not isinstance(w[0], torch.Tensor) for w in whens)
+    assert all(0 < float(lo) <= float(hi) <= sde.T for lo, hi in whens)
+
+    seen = []
+
+    def nan_at_fifth(x, t):
+        seen.append(t.clone())
+        return dm(x, t) * (float("nan") if len(seen) == 5 else 1.0)
+
+    with pytest.raises(NonFiniteError) as info:
+        adaptive_sde_sample(sde, nan_at_fifth, x_T, generator=torch.Generator().manual_seed(1))
+    t = seen[4]
+    assert float(t.min()) < float(t.max())
+    expected = f"(t from {float(t.min()):.6g} to {float(t.max()):.6g} across the batch, score evaluation 4)"
+    assert expected in str(info.value), str(info.value)
+
+
 def test_denoise_without_a_kernel_fails_before_the_solve():
     class Quartic(SDE):  # a user's SDE without a Gaussian kernel
         def f(self, x, t):
@@ -521,6 +652,81 @@ def test_adaptive_sde_in_float16_keeps_large_coefficients_in_float32():
     assert abs(var / (1 + 0.01**2) - 1) < 4.5 * (2 / out.x.numel()) ** 0.5
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_a_half_precision_combination_is_the_float64_sum_rounded_once(dtype):
+    """_Lin.eval of half-precision tensors with weights beyond float16's range (std^2 = 348^2 = 1.2e5, as in
+    Tweedie's D = x + std^2 score for the VE-SDE's sigma_max = 348): the result, of size 1, is the float64 sum of the
+    same half-precision inputs rounded once, within half a unit in the last place of the half dtype (u |sum|) plus
+    float32's roundings of the product and the sum (each within 2^-24 of the terms' size). Summed in the half dtype
+    instead, float16 overflows and bfloat16 loses the result to the terms' rounding (each term about 350)."""
+    from sdescore.fast import _Lin
+
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(256, 4, generator=g, dtype=torch.float64)
+    x = (x0 + 348.0 * torch.randn(256, 4, generator=g, dtype=torch.float64)).to(dtype)
+    score = ((x0 - x.double()) / 348.0**2).to(dtype)  # D = x + std^2 score is x0 (to the score's rounding)
+    expr = _Lin.of(x) + 348.0**2 * _Lin.of(score) - 0.5 * _Lin.of(x) + 0.5 * _Lin.of(x)
+    out = expr.eval()
+    assert out.dtype == dtype
+    exact = x.double() + 348.0**2 * score.double()
+    size = x.double().abs() + 348.0**2 * score.double().abs()
+    u = torch.finfo(dtype).eps / 2
+    assert bool(((out.double() - exact).abs() <= u * exact.abs() + 2 * 2.0**-24 * size).all())
+
+
+VE_256 = (0.01, 348.0)  # Song et al.'s VE-SDE for 256-px images: std^2 and (sigma_i - sigma_i+1) std_i beyond 65504
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_fixed_step_samplers_in_half_precision_follow_the_float32_result(dtype):
+    """With sigma_max = 348 every fixed-step sampler runs in float16 and bfloat16 (denoise included; at 10 steps
+    the float16 weights of the first-order, multistep and data-prediction steps exceed 65504) and stays near the
+    float32 result of the same sampler from the same x_T (and, with churn, the same generator). The score receives
+    its times in the state's dtype, so the float32 run's score is given the same rounded times: what is compared is
+    the arithmetic. A half-precision run rounds its state and the score once per step (relative u = eps / 2 each);
+    such errors accumulate at most linearly over the n = 10 steps, so the relative RMS difference is bounded by
+    n eps (1e-2 for float16, 8e-2 for bfloat16; measured 0.6 to 2.5 eps)."""
+    sde = sds.VESDE(*VE_256)
+    dm = single_gaussian([0.3, -0.2], [1.0, 0.5]).diffuse(sde)
+    x_T = dm.sample(64, 1.0, torch.Generator().manual_seed(0))
+    score = lambda x, t: dm(x.double(), t.double()).to(x.dtype)  # noqa: E731
+    score_at_rounded_times = lambda x, t: dm(x.double(), t.to(dtype).double()).to(x.dtype)  # noqa: E731
+    steps = 10
+    for name, sampler in FAST_SAMPLERS.items():
+        if not isinstance(sampler, FixedStepSampler):
+            continue
+        run = lambda score, x: sampler(sde, score, x, steps=steps, denoise=True,  # noqa: E731
+                                       generator=torch.Generator().manual_seed(1)).x
+        ref = run(score_at_rounded_times, x_T.float()).double()
+        out = run(score, x_T.to(dtype))
+        assert out.dtype == dtype, name
+        assert _rms(out.double(), ref) < steps * torch.finfo(dtype).eps * _rms(ref, 0 * ref), name
+
+
+def test_adaptive_sde_in_float16_denoises_where_std_squared_exceeds_its_range():
+    """eps = 0.99 on the VE-SDE with sigma_max = 348: std(eps)^2 = 1.1e5 exceeds float16's 65504. Tweedie's
+    E[x0 | x_eps] = (x + std^2 score) / alpha is formed in float32 and rounded once: against the float64 value of the
+    same formula from the same float16 state and score (the denoise=False run of the same generator), within half
+    a float16 ulp of the result (u |D|) plus float32's roundings of std^2, the product and the sum (2^-24 of the
+    terms' size each)."""
+    sde = sds.VESDE(*VE_256)
+    dm = single_gaussian([0.3, -0.2], [1.0, 0.5]).diffuse(sde)
+    x_T = dm.sample(64, 1.0, torch.Generator().manual_seed(0)).half()
+    score = lambda x, t: dm(x.double(), t.double()).to(x.dtype)  # noqa: E731
+    eps = 0.99
+    run = lambda denoise: adaptive_sde_sample(sde, score, x_T, eps=eps, denoise=denoise,  # noqa: E731
+                                              generator=torch.Generator().manual_seed(1))
+    plain, clean = run(False), run(True)
+    assert clean.x.dtype == torch.float16 and clean.nfe == plain.nfe + 1
+    std = float(sde.sigma(torch.tensor([eps], dtype=torch.float64)))
+    assert std**2 > torch.finfo(torch.float16).max
+    s = score(plain.x, torch.full((64,), eps, dtype=torch.float64).half()).double()
+    exact = plain.x.double() + std**2 * s
+    size = plain.x.double().abs() + std**2 * s.abs()
+    u = torch.finfo(torch.float16).eps / 2
+    assert bool(((clean.x.double() - exact).abs() <= u * exact.abs() + 3 * 2.0**-24 * size).all())
+
+
 def test_adaptive_sde_keeps_the_state_dtype_when_a_users_drift_returns_float64():
     class Cubic(SDE):  # the drift built from t, which arrives in float64
         def f(self, x, t):
@@ -565,13 +771,18 @@ def test_adaptive_sde_stops_at_max_evals():
         (heun_sample, {"steps": 3, "denoise": 1}, TypeError, "denoise"),
         (heun_sample, {"steps": 3, "eps": 2.0}, ValueError, "eps"),
         (heun_sample, {"steps": 3, "generator": 0}, TypeError, "generator"),
-        (heun_sample, {"steps": 3, "order": 2}, TypeError, "order"),
+        (heun_sample, {"steps": 3, "S_churn": 1.0, "S_tmin": 2.0, "S_tmax": 1.0}, ValueError, "S_tmin=2.0, S_tmax=1.0"),
+        (heun_sample, {"steps": 3, "S_churn": "1"}, TypeError, "S_churn"),
+        (heun_sample, {"steps": 3, "S_tmax": True}, TypeError, "S_tmax"),
+        (heun_sample, {"steps": 3, "grid": sds.KarrasGrid}, TypeError, r"pass an instance, e\.g\. grid=KarrasGrid\(\)"),
         (dpm_solver_sample, {"steps": 3, "order": 4}, ValueError, "order"),
         (dpm_solver_sample, {"steps": 3, "multistep": "yes"}, TypeError, "multistep"),
         (dpm_solver_pp_sample, {"steps": 3, "order": 0}, ValueError, "order"),
-        (dpm_solver_pp_sample, {"steps": 3, "multistep": True}, TypeError, "multistep"),
+        (dpm_solver_pp_sample, {"steps": 3, "lower_order_final": 1}, TypeError, "lower_order_final"),
         (adaptive_sde_sample, {"rtol": 0.0}, ValueError, "rtol"),
-        (adaptive_sde_sample, {"steps": 10}, TypeError, "steps"),
+        (adaptive_sde_sample, {"max_evals": 1}, ValueError, "max_evals"),
+        (adaptive_sde_sample, {"redraw_rejected": 1}, TypeError, "redraw_rejected"),
+        (adaptive_sde_sample, {"h_init": -0.1}, ValueError, "h_init"),
         (adaptive_ode_sample, {"method": "rk45"}, ValueError, "method"),
     ],
 )
@@ -580,6 +791,60 @@ def test_bad_input_is_rejected_naming_the_argument(fn, kwargs, error, match):
     dm = ring().diffuse(sde)
     with pytest.raises(error, match=match):
         fn(sde, dm, dm.sample(4, 1.0), **kwargs)
+
+
+class _ConstantAlphaEDM(EDMSDE):
+    """EDMSDE whose kernel returns alpha = 1 as one broadcastable number, shape (1,), instead of one per time."""
+
+    def kernel(self, t):
+        return torch.ones(1, dtype=t.dtype), self.sigma_max * t
+
+
+class _NoiselessEDM(EDMSDE):
+    """EDMSDE whose kernel's std is 0 for t in [0.1, 0.6] (a wrong kernel): no log-SNR there. Each sampler below has a
+    node there (Karras grid: t = 0.33; log-SNR grid: t = 0.159)."""
+
+    def kernel(self, t):
+        return torch.ones_like(t), torch.where((t >= 0.1) & (t <= 0.6), 0.0, self.sigma_max * t)
+
+
+@pytest.mark.parametrize("name", ["heun", "dpm_solver_2", "dpm_solver_pp_2m"])
+def test_a_users_kernel_of_the_wrong_shape_or_value_is_rejected_naming_it(name):
+    """The fixed-grid samplers read alpha and std at every node (n of them in one call): a broadcastable (1,) alpha
+    would silently give fewer nodes, a zero std an infinite log-SNR; both are refused naming sde.kernel."""
+    score = lambda x, t: -x / (1 + (80 * t[:, None]) ** 2)  # noqa: E731
+    x_T = 80 * torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"sde\.kernel\(t\) must return \(alpha, std\), two tensors of shape \(6,\).*"
+                                         r"got shape \(1,\) and shape \(6,\)"):
+        FAST_SAMPLERS[name](_ConstantAlphaEDM(), score, x_T, steps=5, eps=1e-4)
+    with pytest.raises(ValueError, match=r"sde\.kernel\(t\) must return finite alpha > 0 and std > 0.*std=0\.0"):
+        FAST_SAMPLERS[name](_NoiselessEDM(), score, x_T, steps=5, eps=1e-4)
+
+
+def test_an_eps_whose_std_underflows_is_rejected_naming_eps():
+    """On the VP-SDE std(eps)^2 = 1 - exp(-beta_min eps - ...) is 0 in float64 for eps = 5e-324: every grid, and
+    the samplers on the uniform grid (which does not need the log-SNR), say that eps is too small."""
+    dm = ring().diffuse(sds.VPSDE())
+    x_T = dm.sample(4, 1.0, torch.Generator().manual_seed(0))
+    for grid in ("uniform", "karras", "log_snr"):
+        with pytest.raises(ValueError, match=r"eps=4\.94066e-324 is too small for VPSDE"):
+            heun_sample(sds.VPSDE(), dm, x_T, steps=3, grid=grid, eps=5e-324)
+
+
+def test_heuns_churn_parameters_take_numpy_scalars():
+    """numpy's scalars are real numbers: each S_ parameter takes them, with the result of the Python float (values
+    exact in float32, so np.float32 gives the same numbers)."""
+    sde = sds.VESDE(0.01, 50.0)
+    dm = ring().diffuse(sde)
+    x_T = dm.sample(16, 1.0, torch.Generator().manual_seed(0))
+    def run(cast):
+        return heun_sample(sde, dm, x_T, steps=6, S_churn=cast(5.0), S_tmin=cast(0.0625), S_tmax=cast(20.0),
+                           S_noise=cast(1.125), generator=torch.Generator().manual_seed(1)).x
+
+    plain = run(float)
+    assert not torch.equal(plain, heun_sample(sde, dm, x_T, steps=6).x)  # the churn is on
+    for cast in (np.float32, np.float64):
+        assert torch.equal(run(cast), plain), cast
 
 
 def test_bad_sde_state_and_budget_are_rejected():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 
 import pytest
@@ -58,6 +59,41 @@ def test_karras_grid_is_affine_in_sigma_to_the_one_over_rho(sde, rho):
     torch.testing.assert_close(s, expected, rtol=1e-8, atol=0.0)
 
 
+@pytest.mark.parametrize("rho", [1e-3, 0.5, 7.0, 1e4])
+def test_karras_grid_is_eq_5_to_float64_rounding_for_any_rho(rho):
+    """Against eq. 5 evaluated in 60-digit decimal arithmetic on the VE-SDE (t = log(sigma / sigma_min) /
+    log(sigma_max / sigma_min)): relative error below 1e-13 from rho = 1e-3, where sigma_max^(1/rho) = 50^1000
+    overflows float64, to rho = 1e4, where interpolating sigma^(1/rho) = 1 + O(1e-4) between its ends loses digits."""
+    n, eps = 8, 1e-3
+    sde = sds.VESDE(0.01, 50.0)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        D = decimal.Decimal
+        lo, hi, r = D(0.01), D(50.0), 1 / D(rho)
+        s_max, s_min = hi, lo * (hi / lo) ** D(eps)
+        a, b = s_max.ln() * r, s_min.ln() * r  # log sigma^(1/rho) at the ends
+        # log sigma_i; the last is sigma_min itself (at rho = 1e-3 the difference of the ends is 60 digits of e^3912)
+        sigma = [(a.exp() + D(i) / n * (b.exp() - a.exp())).ln() / r for i in range(n)] + [s_min.ln()]
+        exact = [float((s - lo.ln()) / (hi / lo).ln()) for s in sigma]
+    torch.testing.assert_close(time_grid(sde, n, KarrasGrid(rho), eps), torch.tensor(exact, dtype=torch.float64),
+                               rtol=1e-13, atol=0.0)
+
+
+def test_karras_grid_collapses_onto_sigma_max_as_rho_goes_to_zero():
+    """log sigma_i = log sigma_max + rho log(1 + (i/n) ((sigma_min / sigma_max)^(1/rho) - 1)) -> log sigma_max for
+    i < n: no geometric limit (that is rho -> inf) but every interior node at T. At rho = 1e-6 the first step is
+    still representable, log(sigma_0 / sigma_1) = -1e-6 log(1 - 1/n); at rho = 1e-300 float64 cannot separate the
+    nodes and the grid says so, naming rho."""
+    sde = sds.VESDE(0.01, 50.0)
+    n, rho = 4, 1e-6
+    t = time_grid(sde, n, KarrasGrid(rho), 1e-3)
+    log_ratio = math.log(50.0 / 0.01)
+    expected = [1.0 + rho * math.log1p(-i / n) / log_ratio for i in range(n)]  # sigma_min / sigma_max term ~ e^-8e6
+    torch.testing.assert_close(t[:-1], torch.tensor(expected, dtype=torch.float64), rtol=0.0, atol=1e-15)
+    with pytest.raises(ValueError, match=r"KarrasGrid\(rho=1e-300\) gives repeated times.*larger rho"):
+        time_grid(sde, n, KarrasGrid(1e-300), 1e-3)
+
+
 def test_karras_grid_concentrates_steps_at_low_noise_as_rho_grows(sde):
     """The first step from eps (in log sigma) shrinks as rho grows: the grid moves its nodes towards sigma_min."""
     n, eps = 10, 1e-3
@@ -112,3 +148,18 @@ def test_time_grid_rejects_bad_input_naming_the_argument(kwargs, error, match):
         time_grid("VP", 4)
     with pytest.raises(ValueError, match="rho"):
         KarrasGrid(rho=0.0)
+
+
+def test_a_grid_class_instead_of_an_instance_is_rejected_with_the_fix():
+    with pytest.raises(TypeError, match=r"got the class KarrasGrid; pass an instance, e\.g\. grid=KarrasGrid\(\)"):
+        time_grid(sds.VPSDE(), 4, KarrasGrid)
+
+
+@pytest.mark.parametrize("name", ["karras", "log_snr"])
+def test_an_eps_whose_log_snr_is_infinite_is_rejected_naming_eps(name):
+    """VP: std(eps)^2 = 1 - exp(-int beta) is 0 in float64 at eps = 1e-323, its log-SNR +inf: the grids placed in
+    sigma or the log-SNR cannot end there, and say that eps is too small (not 'non-finite times')."""
+    t = torch.tensor([1e-323], dtype=torch.float64)
+    assert float(sds.VPSDE().log_snr(t)) == math.inf
+    with pytest.raises(ValueError, match=r"eps=9\.88131e-324 is too small for VPSDE: its log-SNR at eps is inf"):
+        time_grid(sds.VPSDE(), 4, name, 1e-323)

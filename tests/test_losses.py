@@ -410,3 +410,90 @@ def test_sigmas_must_be_positive_finite_and_strictly_decreasing(values):
     else:
         with pytest.raises(ValueError, match="sigmas must be"):
             ncsn_loss(lambda x, s: -x, x0, values, generator=gen(0))
+
+
+# ---------------------------------------------------------------------------------------------- half precision
+HALF_SDES = {
+    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),
+    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),
+    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),  # g^2 / std^2 = 1e5 at t = 1e-5
+    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
+}
+HALF_LOSSES = [("dsm", w) for w in ("sigma2", "likelihood", "none", "likelihood-is")] + [("eps", None)]
+HALF_CASES = [(loss, w, name) for loss, w in HALF_LOSSES for name in HALF_SDES] + [
+    ("ncsn", None, name) for name in HALF_SDES if name.startswith("VE")
+]
+# a float32 sum of D squares of exactly representable numbers: torch's cascade summation errs by about
+# log2(D) eps32 = 2e-6 relative for D = 196608, the weights by eps32 = 1.2e-7; the reference is float64
+SUM_RTOL = 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("loss, weighting, name", HALF_CASES)
+def test_losses_of_half_precision_data_are_accumulated_in_float32(loss, weighting, name, dtype):
+    """dsm_loss, eps_loss and ncsn_loss of (2, 3, 256, 256) half-precision data against float64 from the same model
+    output, noise and times; the loss comes back in float32. The per-sample sum of D = 196608 squares overflowed
+    float16 (inf; bfloat16 kept three digits), and so did the likelihood weight g^2 / std^2 = 1e5 of the VP-SDE at
+    t = 1e-5. The model returns a fixed half-precision output (half the denoising target), so both precisions see
+    the same numbers and the residual std s + z = z / 2 carries no cancellation."""
+    sde = HALF_SDES[name]()
+    shape = (2, 3, 256, 256)
+    x0 = torch.randn(shape, generator=gen(0)).to(dtype)
+    z = torch.randn(shape, generator=gen(1)).to(dtype)
+    t = torch.tensor([1e-5, 0.5], dtype=F64)
+    view = lambda c: c.reshape(-1, 1, 1, 1)  # noqa: E731
+
+    def fixed(out):
+        return lambda x, cond: out.to(x.dtype)
+
+    def value(precision):
+        x, noise = x0.to(precision), z.to(precision)
+        if loss == "ncsn":
+            sigmas = sds.ncsn_sigmas(sde.sigma_max, sde.sigma_min, 10)
+            labels = torch.tensor([9, 4])
+            out = (-0.5 * z.double() / view(sigmas[labels])).to(dtype)
+            return ncsn_loss(fixed(out), x, sigmas, labels, noise=noise, reduce="none")
+        if loss == "eps":
+            return eps_loss(sde, fixed((0.5 * z.double()).to(dtype)), x, t=t, noise=noise, reduce="none")
+        std = view(sde.kernel(t)[1])
+        out = (-0.5 * z.double() / std).to(dtype)
+        if weighting == "likelihood-is":  # the times drawn from the generator, in float64 whatever the data's dtype
+            std = view(sde.kernel(_is_times(sde))[1])
+            out = (-0.5 * z.double() / std).to(dtype)
+            return dsm_loss(sde, fixed(out), x, weighting="likelihood", importance_sampling=True, noise=noise,
+                            generator=gen(2), reduce="none")
+        return dsm_loss(sde, fixed(out), x, weighting=weighting, t=t, noise=noise, reduce="none")
+
+    got, want = value(dtype), value(F64)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=SUM_RTOL, atol=0)
+
+
+def _is_times(sde):
+    """The times dsm_loss(importance_sampling=True) draws first from gen(2), for a batch of two."""
+    from sdescore.losses import _draw_times
+
+    return _draw_times(sde, 2, 1e-5, gen(2), torch.device("cpu"), True)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+def test_ssm_and_ism_of_half_precision_data_are_accumulated_in_float32(dtype):
+    """For s(x) = -x: ssm's v^T (ds/dx) v = -||v||^2 and ||s||^2 / 2 over D = 196608 overflowed float16, and ism's
+    trace, -D accumulated one diagonal entry at a time, stopped at -256 in bfloat16 (its integers are spaced by 2
+    beyond 256). Both against float64 on the same numbers, to the float32 sum's rtol; the loss is float32."""
+    x = torch.randn(2, 3, 256, 256, generator=gen(0)).to(dtype)
+    v = torch.randn(2, 3, 256, 256, generator=gen(1)).to(dtype)
+    projection = lambda shape, generator, dt, device: v.to(dt)  # noqa: E731
+    got = ssm_loss(lambda y: -y, x, projection=projection, variance_reduction=False, reduce="none")
+    want = ssm_loss(lambda y: -y, x.double(), projection=projection, variance_reduction=False, reduce="none")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=SUM_RTOL, atol=0)
+    got = ssm_loss(lambda y: -y, x, projection=projection, reduce="none")
+    want = ssm_loss(lambda y: -y, x.double(), projection=projection, reduce="none")
+    torch.testing.assert_close(got.double(), want, rtol=SUM_RTOL, atol=0)
+
+    y = torch.randn(2, 300, generator=gen(2)).to(dtype)
+    got, want = ism_loss(lambda u: -u, y, reduce="none"), ism_loss(lambda u: -u, y.double(), reduce="none")
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=SUM_RTOL, atol=0)
+    torch.testing.assert_close(want, -300 + 0.5 * (y.double() ** 2).sum(1), rtol=1e-12, atol=0)

@@ -290,6 +290,43 @@ def test_a_full_looking_matrix_as_k_by_d_covs_is_refused_when_k_equals_d():
         torch.testing.assert_close(m.covs, torch.diag_embed(torch.tensor(rows, dtype=f64)))
 
 
+@pytest.mark.parametrize("d", [3, 16, 64])
+def test_covariances_symmetric_to_their_precisions_rounding_are_accepted_and_the_ambiguity_still_seen(d):
+    """Q diag Q^T formed in float32 differs from its transpose by a few float32 ulps (3e-8 here): accepted, at either
+    mixture dtype, as the float64 product is; an asymmetry far above rounding is still refused; and a K = d matrix
+    that is symmetric to float32 rounding is still seen as possibly one shared full covariance."""
+    lam = torch.linspace(0.5, 2.0, d, dtype=f64)
+    for seed in range(100):  # the first rotation whose float32 product is not symmetric by chance (small d can be)
+        Q, _ = torch.linalg.qr(torch.randn(d, d, generator=torch.Generator().manual_seed(seed), dtype=f64))
+        in_float32 = (Q.float() * lam.float()) @ Q.float().T
+        if bool((in_float32 != in_float32.T).any()):
+            break
+    assert 0 < float((in_float32 - in_float32.T).abs().max()) < 1e-6  # rounding, not an exactly symmetric input
+    for cov in ((Q * lam) @ Q.T, in_float32):
+        for dtype in (f64, torch.float32):
+            m = GaussianMixture([1.0], torch.zeros(1, d), cov[None], dtype=dtype)
+            torch.testing.assert_close(torch.linalg.eigvalsh(m.covs[0]).to(f64), lam, rtol=1e-5, atol=1e-5)
+    skewed = ((Q * lam) @ Q.T)
+    skewed[0, 1] += 1e-3
+    with pytest.raises(ValueError, match="symmetric"):
+        GaussianMixture([1.0], torch.zeros(1, d), skewed[None].float())
+    shared = in_float32[:3, :3] + torch.eye(3)  # K = d = 3, positive definite, symmetric to float32 rounding
+    with pytest.raises(ValueError, match=r"\(K, d, d\)"):
+        GaussianMixture(torch.full((3,), 1 / 3), torch.zeros(3, 3), shared)
+
+
+def test_single_gaussian_names_cov_and_the_shapes_it_takes():
+    with pytest.raises(ValueError, match=r"cov must be a scalar, \(2,\) or \(2, 2\) .* got shape \(3,\)"):
+        single_gaussian((0.0, 0.0), (1.0, 2.0, 3.0))
+
+
+def test_an_empty_batch_is_refused_naming_x():
+    m = ring()
+    for call in (m.log_prob, m.score, lambda x: m.diffuse(VPSDE()).score(x, 0.5)):
+        with pytest.raises(ValueError, match=r"x must have shape \(batch, \*dims\) with batch >= 1"):
+            call(torch.empty(0, 2, dtype=f64))
+
+
 @pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
 def test_times_outside_zero_to_T_are_refused_naming_t(sde):
     m = ncsn_toy()

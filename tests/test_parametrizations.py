@@ -113,3 +113,82 @@ def test_converters_take_a_network_running_under_autocast():
         assert out.dtype == x.dtype
         with pytest.raises(TypeError, match="returned dtype torch.bfloat16"):
             convert(sde, lambda x, t: net(x, t).bfloat16())(x, t)
+
+
+# ---------------------------------------------------------------------------------------------- half precision
+HALF_SDES = {
+    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),  # sigma_max / sigma_min > 65504
+    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),  # 1 / sigma_max^2 is subnormal in float16
+    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),  # alpha(1) = 4.4e-5 is subnormal in float16
+    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
+}
+
+
+def _gaussian_data(sde, dtype):
+    """x_t of N(0, I) data at times from 1e-4 to 1, rounded to dtype (x and t as a sampler passes them), and the exact
+    float64 quantities of p_t = N(0, v I), v = alpha^2 + std^2: score -x / v, eps std x / v, denoiser alpha x / v, and
+    NCSN's score -y / (1 + sigma^2) of the data smoothed at level sigma. The functions read their inputs as given
+    (after rounding), compute in float64 and round to the input's dtype, as an exact network of that precision would."""
+    t = torch.tensor([1e-4, 1e-3, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 1.0], dtype=torch.float64)
+    z = torch.randn(t.shape[0], 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    alpha, std = sde.kernel(t)
+    x = (torch.sqrt(alpha**2 + std**2)[:, None] * z).to(dtype)  # a draw of p_t
+    t = t.to(dtype)
+
+    def exact(name):
+        def f(x, t):
+            alpha, std = sde.kernel(t.double())
+            a, s, v = alpha[:, None], std[:, None], (alpha**2 + std**2)[:, None]
+            X = x.double()
+            return {"score": -X / v, "eps": s * X / v, "denoiser": a * X / v}[name].to(x.dtype)
+        return f
+
+    def ncsn(y, sigma):
+        return (-y.double() / (1 + sigma.double()[:, None] ** 2)).to(y.dtype)
+
+    return x, t, exact, ncsn
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(HALF_SDES))
+@pytest.mark.parametrize(
+    "convert", ["score_from_eps", "eps_from_score", "score_from_denoiser", "denoiser_from_score", "score_from_ncsn"]
+)
+def test_converters_in_half_precision_agree_with_float64(name, dtype, convert):
+    """Each converter at half-precision (x, t) against its formula in float64 at the same (x, t), from the same
+    network output. The error bound is the standard one of a rounded sum: the network's output and the converter's
+    result are each rounded once to dtype (eps / 2 relative), the float32 arithmetic in between adds ~1e-7; so
+    |error| <= eps (sum of the formula's terms in absolute value), plus float16's subnormal spacing tiny * eps. Where
+    the formula cancels (the denoiser's x + std^2 s at high noise) the bound grows with the terms, as it must. The
+    kernel computed in x's dtype overflowed (std(1) = 1000 from exp(13.8 t) in float16: inf) or lost the result among
+    the subnormals (1 / std^2 = 7e-6 for sigma_max = 378: a score of 0)."""
+    sde = HALF_SDES[name]()
+    x, t, exact, ncsn = _gaussian_data(sde, dtype)
+    alpha, std = (c[:, None] for c in sde.kernel(t.double()))
+    X = x.double()
+    if convert == "score_from_ncsn":
+        got = sds.score_from_ncsn(sde, ncsn)(x, t)
+        # the model sees x / alpha and sigma = std / alpha rounded to x's dtype; the reference does too
+        sigma = (std / alpha)[:, 0].to(dtype)
+        out = ncsn((X / alpha).to(dtype), sigma).double()
+        want, terms = out / alpha, 2 * (out / alpha).abs()  # two roundings of the input, two of the output
+    else:
+        fn = exact({"score_from_eps": "eps", "eps_from_score": "score", "score_from_denoiser": "denoiser",
+                    "denoiser_from_score": "score"}[convert])
+        got = getattr(sds, convert)(sde, fn)(x, t)
+        out = fn(x, t).double()
+        want, terms = {
+            "score_from_eps": (-out / std, (out / std).abs()),
+            "eps_from_score": (-std * out, (std * out).abs()),
+            "score_from_denoiser": ((alpha * out - X) / std**2, ((alpha * out).abs() + X.abs()) / std**2),
+            "denoiser_from_score": ((X + std**2 * out) / alpha, (X.abs() + (std**2 * out).abs()) / alpha),
+        }[convert]
+    assert got.dtype == dtype
+    info = torch.finfo(dtype)
+    err = (got.double() - want).abs()
+    bound = info.eps * terms + info.tiny * info.eps
+    # where the bound exceeds the dtype's range the result has no digit to check: the sub-VP denoiser at t = 1e-4
+    # and 1e-3 (std = 1e-5, 1.1e-4) amplifies its own float16 rounding by 1 / std^2 = 1e10, 8e7
+    keep = bound < info.max
+    assert int(keep.all(1).sum()) >= 8  # all times but the two smallest at most
+    assert bool((err[keep] <= bound[keep]).all()), (err / bound)[keep].max()

@@ -11,7 +11,7 @@ import torchsde
 from scipy.optimize import curve_fit
 
 import sdescore as sds
-from sdescore.reverse import SDE_METHODS
+from sdescore.reverse import SDE_METHODS, ReverseSDE
 from validation import GaussianMixture, single_gaussian
 
 EPS = 1e-3
@@ -385,6 +385,16 @@ def test_score_output_is_checked():
         sds.pc_sample(sde, lambda x, t: 0.0, None, x_T=x, steps=2)
 
 
+class _Method:
+    """A user's predictor or corrector whose `evals` is given; its step leaves x unchanged (and the score uncalled)."""
+
+    def __init__(self, evals):
+        self.evals = evals
+
+    def step(self, sde, score, x, *args):
+        return x, x
+
+
 @pytest.mark.parametrize(
     "call, error, match",
     [
@@ -418,6 +428,15 @@ def test_score_output_is_checked():
         (lambda sde, s, x: sds.pc_sample(sde, s, (4, 2), dtype=torch.int64), TypeError, "dtype must be a floating torch.dtype"),
         (lambda sde, s, x: sds.pc_sample(sde, s, 5), TypeError, "shape must be a sequence"),
         (lambda sde, s, x: sds.pc_sample(sde, s, (4, 2.0)), TypeError, "shape must hold integers"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, 5, x_T=x), TypeError, "shape must be a sequence .* got int"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, predictor=_Method(evals="1")), TypeError,
+         "predictor.evals must be an integer, got str '1'"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, predictor=_Method(evals=-1)), ValueError,
+         r"predictor.evals must be >= 0, got -1"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, corrector=_Method(evals=1)), TypeError,
+         r"corrector.evals must be a method evals\(n_steps\) -> int"),
+        (lambda sde, s, x: sds.pc_sample(sde, s, None, x_T=x, corrector=_Method(evals=lambda n: 1.0)), TypeError,
+         r"corrector.evals\(n_corrector_steps\) must be an integer, got float 1.0"),
         (lambda sde, s, x: sds.adaptive_ode_sample(sde, s, x, method="rk4"), ValueError, "takes an adaptive torchdiffeq method"),
         (lambda sde, s, x: sde.probability_flow(s).sample(x, method="euler", steps=3, rtol=-1.0), ValueError, "rtol must be > 0"),
         (lambda sde, s, x: sde.probability_flow(s).sample(x.half()), TypeError,
@@ -435,3 +454,141 @@ def test_bad_sampler_arguments_are_rejected(call, error, match):
     sde = sds.VPSDE()
     with pytest.raises(error, match=match):
         call(sde, TARGET.score_fn(sde), torch.randn(4, 2, dtype=torch.float64))
+
+
+def test_a_custom_methods_evaluation_count_is_checked_before_sampling():
+    """A predictor's `evals` (or a corrector's evals(n)) that is not a non-negative integer raises before the first
+    score evaluation, not after the whole loop."""
+    sde = sds.VESDE()
+    calls = []
+
+    def score(x, t):
+        calls.append(t)
+        return -x
+
+    class Predictor:
+        evals = "1"
+
+        def step(self, sde, score, x, t, h, generator):
+            return x + score(x, t.to(x.dtype)), x
+
+    with pytest.raises(TypeError, match="predictor.evals must be an integer, got str '1'"):
+        sds.pc_sample(sde, score, None, x_T=torch.randn(4, 2), predictor=Predictor(), steps=100)
+    assert calls == []
+
+
+# ---------------------------------------------------------------------------------------------- half precision
+HALF_SDES = {
+    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),
+    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),  # g(1)^2 = 3e6 > 65504
+    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),
+    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
+}
+HALF = pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+
+
+def _gaussian_score(sde):
+    """The exact score -x / (alpha^2 + std^2) of N(0, I) data, computed in float64 at (x, t) as given and returned in
+    x's dtype: an exact network of x's precision."""
+    def score(x, t):
+        alpha, std = sde.kernel(t.double())
+        return (-x.double() / (alpha**2 + std**2)[:, None]).to(x.dtype)
+    return score
+
+
+@HALF
+@pytest.mark.parametrize("name", list(HALF_SDES))
+@pytest.mark.parametrize("method", PREDICTORS + ["langevin"])
+def test_one_step_in_half_precision_agrees_with_float64(name, dtype, method, monkeypatch):
+    """One predictor (or Langevin corrector) step from t = 1 with h = 0.04 on a half-precision state, against the
+    same step on the state in float64 with the same noise z. g(1)^2 h, G_i^2 and the ancestral b^2 reach 1e5 to 7e5
+    for the VE-SDEs, beyond float16's 65504: cast to the state's dtype they were inf (NonFiniteError at step 1).
+    The step now rounds s (and the VP drift f), then the new state, once each: eps / 2 of one of the update's terms
+    each, with the float32 arithmetic between (~1e-7) far below. The terms are |x|, |x_mean| and |x_mean - x| (plus the
+    noise term |x_next - x_mean| and |x_next| for the noisy state); 2 eps times their sum leaves a margin of three over
+    the largest error measured (0.56 eps, the VP reverse-diffusion step in bfloat16)."""
+    from sdescore._score import CheckedScore
+    from sdescore.samplers import CORRECTORS, PREDICTORS as REGISTRY
+
+    sde = HALF_SDES[name]()
+    B = 32
+    alpha, std = sde.kernel(torch.ones(1, dtype=torch.float64))
+    # |x| >= sqrt(v) / 2 keeps the exact score |x| / v above float16's smallest normal number: a subnormal score
+    # is the network's own loss of digits (amplified by g^2 h = 1e5), which no step can restore
+    n = torch.randn(B, 3, generator=torch.Generator().manual_seed(0))
+    x = (torch.sqrt(alpha**2 + std**2) * n.sign() * (0.5 + n.abs())).to(dtype)
+    z = torch.randn(B, 3, generator=torch.Generator().manual_seed(1)).to(dtype)  # representable in both precisions
+    monkeypatch.setattr("sdescore.samplers._randn_like", lambda like, generator: z.to(like.dtype))
+    t, h = torch.ones(B, dtype=torch.float64), 0.04
+
+    def step(state):
+        score = CheckedScore(_gaussian_score(sde))
+        if method == "langevin":
+            return CORRECTORS["langevin"].step(sde, score, state, t, h, 1, 0.2, None)
+        return REGISTRY[method].step(sde, score, state, t, h, None)
+
+    got, got_mean = step(x)
+    want, want_mean = step(x.double())
+    assert got.dtype == got_mean.dtype == dtype
+    eps, X = torch.finfo(dtype).eps, x.double()
+    terms = X.abs() + want_mean.abs() + (want_mean - X).abs()
+    assert bool(((got_mean.double() - want_mean).abs() <= 2 * eps * terms).all())
+    terms = terms + want.abs() + (want - want_mean).abs()
+    assert bool(((got.double() - want).abs() <= 2 * eps * terms).all())
+
+
+@HALF
+@pytest.mark.parametrize("name", list(HALF_SDES))
+@pytest.mark.parametrize("predictor", PREDICTORS)
+def test_pc_sample_in_half_precision_follows_the_float64_run(name, dtype, predictor, monkeypatch):
+    """pc_sample(predictor + langevin, 50 steps) from a half-precision x_T stays within 8 eps max|x| of the run in
+    float64 that sees the same noise (drawn in float16, exact in both). Each step rounds the state to eps / 2 of its
+    size; over 50 steps these errors add like a random walk (sqrt(50) eps / 2 = 3.5 eps) and the reverse dynamics
+    contract those made at high noise: 8 eps max|x| (max|x| about 3 here) leaves a margin of three over the largest
+    error measured (2.6 eps max|x|, VP reverse diffusion in float16). In float16 the VE runs raised NonFiniteError at
+    step 1 where g(1)^2 = 3e6 (Euler–Maruyama) or G_i^2 = 4e5 (VE(1e-3, 1000)) had been rounded to inf."""
+    sde = HALF_SDES[name]()
+    x_T = (sde.prior_std * torch.randn(64, 2, generator=torch.Generator().manual_seed(0))).half()
+
+    def run(x):
+        noise = torch.Generator().manual_seed(1)
+        monkeypatch.setattr(
+            "sdescore.samplers._randn_like",
+            lambda like, generator: torch.randn(like.shape, generator=noise, dtype=torch.float16).to(like.dtype),
+        )
+        return sds.pc_sample(sde, _gaussian_score(sde), None, x_T=x, predictor=predictor, corrector="langevin",
+                             steps=50).x
+
+    got, want = run(x_T.to(dtype)), run(x_T.double())
+    assert got.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    assert float((got.double() - want).abs().max()) <= 8 * eps * float(want.abs().max())
+
+
+def test_a_reverse_sde_used_directly_by_torchsde_keeps_nothing_and_names_a_non_finite_score():
+    """The object sde.reverse(score) lives across any number of torchsde.sdeint solves, where no sampler resolves
+    a record: it checks each call at once and keeps nothing (a record grew by one entry per call, without bound),
+    and a NaN score raises NonFiniteError naming the time instead of flowing into the solution."""
+    sde = sds.VPSDE()
+    rsde = sde.reverse(lambda x, t: -x)
+    y0, ts = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), torch.tensor([0.0, 0.5])
+    for _ in range(3):
+        torchsde.sdeint(rsde, y0, ts, method="euler", dt=0.05)
+    assert rsde._score.nfe == 0 and not rsde._score._when
+    nan_after = sde.reverse(lambda x, t: torch.where(t[:, None] < 0.7, float("nan"), -x))
+    with pytest.raises(sds.NonFiniteError, match=r"score_fn returned NaN or inf at t=0\.[67]"):
+        torchsde.sdeint(nan_after, y0, ts, method="euler", dt=0.05)
+
+
+def test_reverse_sde_names_a_bad_event_shape_and_a_brownian_motion_of_another_dtype():
+    sde = sds.VPSDE()
+    with pytest.raises(TypeError, match=r"event_shape must be a tuple of positive ints .* got 5"):
+        ReverseSDE(sde, lambda x, t: -x, event_shape=5)
+    rsde = ReverseSDE(sde, lambda x, t: -x, event_shape=(2, 3))
+    y0, ts = torch.zeros(4, 5), torch.tensor([0.0, 0.5])
+    with pytest.raises(ValueError, match=r"event_shape \(2, 3\) holds 6 values, but the flattened state has D = 5"):
+        torchsde.sdeint(rsde, y0, ts, method="euler", dt=0.1)
+    x_T = torch.zeros(4, 2, dtype=torch.float64)
+    bm = torchsde.BrownianInterval(t0=0.0, t1=sde.T - 1e-3, size=(4, 2), dtype=torch.float32)
+    with pytest.raises(TypeError, match=r"bm must have the state's dtype torch\.float64, got torch\.float32"):
+        sde.reverse(lambda x, t: -x).sample(x_T, steps=5, bm=bm)

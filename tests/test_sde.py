@@ -280,3 +280,76 @@ def test_a_subclass_that_redefines_the_drift_alone_is_not_read_through_linear_dr
 
     v = sde.probability_flow(score).func(score, 0.0, 1.0)(torch.tensor(0.3, dtype=torch.float64), x)
     torch.testing.assert_close(v, -torch.sinh(x) + 0.5 * sde.g(_t(0.3)) ** 2 * x, rtol=1e-14, atol=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------- half precision
+HALF_SDES = {
+    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),  # sigma_max / sigma_min > 65504
+    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),  # NCSN++'s CIFAR-10 levels
+    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),
+    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
+}
+HALF_TIMES = [1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.999, 1.0]
+
+
+def _rounding_tolerance(dtype: torch.dtype) -> dict:
+    """A value computed in float32 and rounded once to dtype is off by half an ulp, eps / 2 relative (plus float32's
+    own ~1e-6, far below); rtol = eps leaves a factor two. Below the smallest normal number (6.1e-5 in float16: the
+    VP kernel's alpha(1) = 4.4e-5) the spacing is absolute, tiny * eps, and atol is that spacing."""
+    info = torch.finfo(dtype)
+    return dict(rtol=info.eps, atol=info.tiny * info.eps)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("name", list(HALF_SDES))
+def test_public_verbs_at_half_precision_times_give_the_float64_coefficients_rounded(name, dtype):
+    """diffusion, marginal_prob and perturb at a half-precision t equal the float64 coefficients at the same (rounded)
+    t, rounded to t's dtype: they widen t to float32 (the symbols compute in t's dtype). In float16,
+    exp(t log(sigma_max / sigma_min)) overflowed for VE(1e-3, 1000) where sigma(t) fits (inf at t = 0.9 for
+    250.85), and the VP kernel lost its digits among float16's subnormals at small t."""
+    sde = HALF_SDES[name]()
+    t = torch.tensor(HALF_TIMES, dtype=dtype)
+    t64 = t.double()  # the same times: the rounding of t itself is the caller's
+    tol = _rounding_tolerance(dtype)
+    alpha64, std64 = sde.kernel(t64)
+    g = sde.diffusion(t)
+    assert g.dtype == dtype
+    torch.testing.assert_close(g.double(), sde.g(t64), **tol)
+    x0 = torch.ones(len(HALF_TIMES), 2, dtype=dtype)
+    mean, std = sde.marginal_prob(x0, t)
+    assert mean.dtype == std.dtype == dtype
+    torch.testing.assert_close(mean.double(), alpha64[:, None].expand(-1, 2), **tol)
+    torch.testing.assert_close(std.double(), std64, **tol)
+    # perturb with float32 data: x_t = alpha x0 + std z, its std in t's dtype
+    xt, z = sde.perturb(x0.float(), t, generator=torch.Generator().manual_seed(0))
+    want = alpha64[:, None] + std64[:, None] * z.double()
+    torch.testing.assert_close(xt.double(), want, rtol=2 * tol["rtol"], atol=1e-6)
+
+
+def test_vp_discretize_drift_keeps_its_digits_in_float32():
+    """f_i = (sqrt(1 - beta_i) - 1) x, about -beta_i x / 2 = -5e-5 x at DDPM's first step: formed as sqrt(1 - beta_i)
+    rounded to float32 minus 1, it erred by float32's spacing below 1 (6e-8), 1e-3 of its value. Formed without
+    cancellation it is float32's rounding of the float64 drift: rtol = 2 eps32 (coefficient and product)."""
+    sde = sds.VPSDE(0.1, 20.0, N=1000)
+    t = torch.tensor([0.0, 1e-3, 0.01, 0.5, 1.0])
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0))
+    f32, G32 = sde.discretize(x.float(), t.float())
+    f64, G64 = sde.discretize(x, t)
+    torch.testing.assert_close(f32.double(), f64, rtol=2 * torch.finfo(torch.float32).eps, atol=0)
+    torch.testing.assert_close(G32.double(), G64, rtol=torch.finfo(torch.float32).eps, atol=0)
+
+
+def test_public_verbs_refuse_a_coefficient_beyond_the_range_of_a_half_precision_t():
+    """sigma(1) = 1e5 has no float16 value: marginal_prob and diffusion raise, naming t's dtype, instead of inf."""
+    sde = sds.VESDE(sigma_min=0.01, sigma_max=1e5)
+    t = torch.tensor([0.5, 1.0], dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"std\(t\) exceeds the range of t's dtype torch.float16.*pass t in float32"):
+        sde.marginal_prob(torch.zeros(2, 3), t)
+    with pytest.raises(ValueError, match=r"g\(t\) exceeds the range of t's dtype torch.float16"):
+        sde.diffusion(t)
+    with pytest.raises(ValueError, match=r"std\(t\) exceeds"):
+        sde.perturb(torch.zeros(2, 3), t)
+    # where it fits, and in float32, the same call is fine
+    torch.testing.assert_close(
+        sde.marginal_prob(torch.zeros(2, 3), t.float())[1], torch.tensor([0.01 * 1e7**0.5, 1e5], dtype=torch.float32)
+    )

@@ -144,3 +144,14 @@ def test_bad_input_is_refused():
         sym.derive_kernel(object(), 1)
     with pytest.raises(ValueError, match="params"):
         sym.derive_kernel(-sp.Symbol("b", positive=True), 1).lambdify()
+
+
+def test_vanishes_judges_a_zero_by_its_own_rounding_not_an_absolute_threshold():
+    """An identically zero expression whose terms are of size e^120 is a zero; a non-zero one of size 1e-22 is not
+    (the absolute threshold 1e-20 had both wrong); and the test still sees a plain non-zero value."""
+    t = sym.t
+    big_zero = (sp.exp(60 * t) + 1) ** 2 - sp.exp(120 * t) - 2 * sp.exp(60 * t) - 1
+    assert big_zero != 0 and sym.vanishes(big_zero)
+    assert not sym.vanishes(sp.Rational(1, 10**22) * (1 + t))
+    assert not sym.vanishes(big_zero + sp.Rational(1, 10**6))
+    assert sym.vanishes(sp.sin(t) ** 2 + sp.cos(t) ** 2 - 1)

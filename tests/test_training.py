@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import fractions
 import os
 import pickle
 import re
@@ -472,6 +473,42 @@ def test_load_checkpoint_names_an_unreadable_file(tmp_path, content):
         load_checkpoint(path)
 
 
+def test_every_flipped_bit_of_a_checkpoint_loads_the_same_state_or_names_the_file(tmp_path):
+    # torch.load and zipfile raise a dozen exception types on a damaged file (BadZipFile, NotImplementedError for a
+    # damaged compression method, RuntimeError from torch's archive reader, UnicodeDecodeError, ...): every one must
+    # come out as the ValueError naming the file, and none may load different weights.
+    good = save_checkpoint({"step": 1, "w": torch.arange(16.0)}, tmp_path / "good.pt")
+    data = good.read_bytes()
+    bad, outcomes = tmp_path / "bad.pt", {"same": 0, "named": 0}
+    for pos in range(0, len(data), 3):
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x80 if pos % 2 else 0x01
+        bad.write_bytes(bytes(flipped))
+        try:
+            state = load_checkpoint(bad)
+        except ValueError as e:
+            assert "bad.pt" in str(e), str(e)
+            outcomes["named"] += 1
+            continue
+        assert state["step"] == 1 and torch.equal(state["w"], torch.arange(16.0)), f"byte {pos} loaded other weights"
+        outcomes["same"] += 1
+    assert outcomes["named"] > len(data) // 6  # most flips are detected (not a vacuous loop over padding)
+
+
+def test_load_checkpoint_names_a_zip_that_is_not_a_torch_save_file(tmp_path):
+    with zipfile.ZipFile(tmp_path / "c.pt", "w") as archive:
+        archive.writestr("notes.txt", "not a checkpoint")
+    with pytest.raises(ValueError, match=r"c\.pt is not a readable checkpoint.*resume=False"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
+def test_load_checkpoint_names_an_object_outside_the_allowlist(tmp_path):
+    torch.save({"ratio": fractions.Fraction(1, 3)}, tmp_path / "c.pt")  # harmless, but not weights-only loadable
+    with pytest.raises(ValueError, match=r"c\.pt holds an object that torch\.load\(weights_only=True\) refuses "
+                                         r"\(.*fractions\.Fraction"):
+        load_checkpoint(tmp_path / "c.pt")
+
+
 def test_a_device_error_of_an_intact_checkpoint_is_not_called_damage(tmp_path):
     path = save_checkpoint({"w": torch.ones(3)}, tmp_path / "c.pt")
     with pytest.raises(RuntimeError) as info:
@@ -509,6 +546,23 @@ def test_train_refuses_an_unwritable_checkpoint_path_before_the_first_step(tmp_p
         train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=problem.BATCH, n_steps=3,
               checkpoint_path=path, progress=False, callback=steps.append)
     assert steps == []
+
+
+def test_train_under_torchrun_without_a_process_group_is_refused(monkeypatch):
+    # torchrun sets WORLD_SIZE; without setup_distributed each process would train alone and race on one checkpoint
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ValueError, match=r"WORLD_SIZE=2 .* call sdescore\.training\.setup_distributed\(\) before train"):
+        train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=problem.BATCH, n_steps=1,
+              device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("betas", [(1.5, 0.9), (0.9, 1.0)])
+def test_train_refuses_adam_betas_outside_zero_one(betas):
+    with pytest.raises(ValueError, match=r"betas must lie in \[0, 1\)"):
+        train(problem.make_model(), problem.dsm_loss, problem.make_data(), batch_size=problem.BATCH, n_steps=1,
+              betas=betas, progress=False)
 
 
 def test_train_refuses_cuda_without_cuda(monkeypatch):

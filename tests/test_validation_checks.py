@@ -10,11 +10,11 @@ import torch
 from scipy import stats as sps
 
 import sdescore
-from sdescore import VPSDE, SampleResult
+from sdescore import VPSDE
 from validation import checks as V
 from validation.__main__ import main
 from validation.mixtures import GaussianMixture, random_anisotropic, ring
-from validation.stats import energy_test, log_density_ks_test, mode_weight_test, sliced_ks_test
+from validation.stats import energy_distance, energy_test, log_density_ks_test, mode_weight_test, sliced_ks_test
 
 f64 = torch.float64
 QUICK = [name for name, c in V.CHECKS.items() if c.quick]
@@ -154,6 +154,24 @@ def test_energy_test_refuses_bad_samples_naming_them(x, y, error, match):
         energy_test(x, y, n_permutations=9)
 
 
+def test_energy_distance_is_the_tests_statistic_and_does_not_move_with_a_shift():
+    """energy_distance is the statistic energy_test reports; both are invariant under a common translation (they
+    centre the pooled sample before torch.cdist, whose |a|^2 + |b|^2 - 2 a.b form loses far-off points), and the
+    distance refuses what the test refuses."""
+    m = ring()
+    gen = torch.Generator().manual_seed(5)
+    x, y = m.sample(300, gen), 1.1 * m.sample(200, gen)
+    e = energy_distance(x, y)
+    assert e == pytest.approx(energy_test(x, y, n_permutations=9, generator=gen).statistic, rel=1e-12)
+    for shift in (1e4, 1e7):
+        assert energy_distance(x + shift, y + shift) == pytest.approx(e, rel=1e-9)
+        assert energy_test(x + shift, y + shift, n_permutations=9, generator=gen).statistic == pytest.approx(e, rel=1e-9)
+    with pytest.raises(ValueError, match="y must have shape"):
+        energy_distance(x, torch.zeros(0, 2, dtype=f64))
+    with pytest.raises(ValueError, match="x holds non-finite"):
+        energy_distance(torch.full((5, 2), float("nan"), dtype=f64), y)
+
+
 def test_mode_weight_test_recovers_weights_and_detects_wrong_ones():
     m = random_anisotropic(2, 4, seed=3)
     gen = torch.Generator().manual_seed(2)
@@ -232,6 +250,8 @@ def test_check_sampler_refuses_bad_arguments():
         V.check_sampler(lambda s, x: x, VPSDE(), ring(), t_end=2.0)
     with pytest.raises(ValueError, match="returned shape"):
         V.check_sampler(lambda s, x: x[:10], VPSDE(), ring(), n=100)
+    with pytest.raises(ValueError, match=r"sample_fn returned non-finite values .* in 3 of its 100 samples"):
+        V.check_sampler(lambda s, x: torch.where(torch.arange(100)[:, None] < 3, float("nan"), x), VPSDE(), ring(), n=100)
 
 
 # ---------------------------------------------------------------------- runner, table, CLI
@@ -293,7 +313,6 @@ def test_statistical_tolerances_are_the_stated_levels():
     """Z_MAX = 4.5 is a two-sided normal level of 7e-6 per z-score; LEVEL is the per-row p-value level."""
     assert math.erfc(V.Z_MAX / math.sqrt(2)) < 1e-5
     assert 0 < V.LEVEL <= 1e-2
-    assert isinstance(SampleResult(torch.zeros(1, 1), 0), SampleResult)
 
 
 # ---------------------------------------------------------------------- seed study

@@ -1199,6 +1199,12 @@ def check_sampler(
     if x.shape[0] != n or x[0].numel() != target.dim:
         raise ValueError(f"sample_fn returned shape {tuple(x.shape)} for x_T of shape {tuple(x_T.shape)}.")
     x = x.detach().to(f64).reshape(n, target.dim)
+    bad = int((~torch.isfinite(x).all(1)).sum())
+    if bad:
+        raise ValueError(
+            f"sample_fn returned non-finite values (NaN or inf) in {bad} of its {n} samples: the sampler diverged, "
+            "and no test of the law applies; check its step size and the score it was given."
+        )
     law = target.marginal(sde, t_end)
     cov = law.covariance()
     mean_err = float((x.mean(0) - law.mean()).norm() / torch.sqrt(torch.trace(cov)))

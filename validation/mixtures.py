@@ -59,11 +59,29 @@ def _flat(name: str, x: Any, d: int) -> Tensor:
         raise TypeError(f"{name} must be a torch.Tensor of shape (batch, {d}), got {type(x).__name__}.")
     if not x.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {x.dtype}.")
-    if x.ndim < 2 or x[0].numel() != d:
+    if x.ndim < 2 or math.prod(x.shape[1:]) != d or x.shape[0] == 0:
         raise ValueError(
-            f"{name} must have shape (batch, *dims) with prod(dims) = {d}, the mixture's dimension; got shape {tuple(x.shape)}."
+            f"{name} must have shape (batch, *dims) with batch >= 1 and prod(dims) = {d}, the mixture's dimension; got "
+            f"shape {tuple(x.shape)}."
         )
     return x.reshape(x.shape[0], d)
+
+
+def _input_eps(value: Any) -> float:
+    """The machine epsilon of the precision `value` arrived in: a float32 or half tensor (or numpy array) keeps its
+    rounding after conversion to float64, so symmetry is judged at that precision."""
+    dtype = getattr(value, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return torch.finfo(dtype).eps
+    if dtype is not None and getattr(dtype, "kind", "") == "f":  # numpy
+        return float(__import__("numpy").finfo(dtype).eps)
+    return torch.finfo(torch.float64).eps
+
+
+def _asymmetry(S: Tensor) -> Tensor:
+    """Per matrix of S (..., d, d): max |S - S^T| over max |S| (0 for a zero matrix)."""
+    scale = S.abs().amax(dim=(-2, -1)).clamp_min(torch.finfo(S.dtype).tiny)
+    return (S - S.transpose(-2, -1)).abs().amax(dim=(-2, -1)) / scale
 
 
 class GaussianMixture:
@@ -98,15 +116,22 @@ class GaussianMixture:
         d = mu.shape[1]
         if d == 0:
             raise ValueError("means must have at least one coordinate, got shape (K, 0).")
+        # symmetric up to the rounding of a product such as Q diag Q^T in the precision covs came in (a few d ulps
+        # of the largest entry), and never stricter than 1e-10 of it
+        sym_tol = max(4.0 * d * _input_eps(covs), 1e-10)
         if S.shape == (K, d, d):
-            if not torch.allclose(S, S.transpose(1, 2), rtol=1e-10, atol=1e-12):
-                j = int((S - S.transpose(1, 2)).abs().amax(dim=(1, 2)).argmax())
+            asym = _asymmetry(S)
+            if bool((asym > sym_tol).any()):
+                j = int(asym.argmax())
                 gap = float((S[j] - S[j].T).abs().max())
-                raise ValueError(f"covs must be symmetric; covs[{j}] differs from its transpose by up to {gap:.3g}.")
+                raise ValueError(
+                    f"covs must be symmetric; covs[{j}] differs from its transpose by up to {gap:.3g} "
+                    f"({float(asym[j]):.3g} of its largest entry, more than rounding: {sym_tol:.3g})."
+                )
             lam, U = torch.linalg.eigh(0.5 * (S + S.transpose(1, 2)))
             self.kind = "full"
         elif S.shape == (K, d):
-            if (K == d and K > 1 and torch.equal(S, S.T) and bool((S - torch.diag(torch.diagonal(S))).any())
+            if (K == d and K > 1 and float(_asymmetry(S)) <= sym_tol and bool((S - torch.diag(torch.diagonal(S))).any())
                     and float(torch.linalg.eigvalsh(S).min()) > 0):
                 raise ValueError(
                     f"covs of shape ({K}, {d}) with K = d = {d} is read as {K} diagonal covariances (row j the diagonal "
@@ -536,8 +561,9 @@ def single_gaussian(
     if mu.ndim != 1:
         raise ValueError(f"mean must have shape (d,), got shape {tuple(mu.shape)}.")
     S = _as_tensor("cov", cov, dtype, None)
-    if S.ndim not in (0, 1, 2):
-        raise ValueError(f"cov must be a scalar, (d,) or (d, d), got shape {tuple(S.shape)}.")
+    d = mu.shape[0]
+    if S.shape not in ((), (d,), (d, d)):
+        raise ValueError(f"cov must be a scalar, ({d},) or ({d}, {d}) for a mean of dimension {d}, got shape {tuple(S.shape)}.")
     return GaussianMixture([1.0], mu[None], S.reshape(1) if S.ndim == 0 else S[None], dtype=dtype)
 
 

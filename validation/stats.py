@@ -134,13 +134,21 @@ def sliced_ks_test(
     )
 
 
+def _pooled_distances(x: Tensor, y: Tensor) -> Tensor:
+    """The (n + m, n + m) Euclidean distances of the pooled sample, centred first: torch.cdist forms |a|^2 + |b|^2
+    - 2 a.b, which loses the distances of a sample far from the origin (a shift by 1e7 moved E by 0.5 %)."""
+    Z = torch.cat([x, y])
+    return torch.cdist(Z - Z.mean(0), Z - Z.mean(0))
+
+
 def energy_distance(x: Tensor, y: Tensor) -> float:
-    """E(X, Y) = 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Székely & Rizzo 2004), the V-statistic; 0 iff the laws agree."""
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor) or x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        shapes = [tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__ for v in (x, y)]
-        raise ValueError(f"x and y must be tensors of shape (n, d) and (m, d) with the same d, got {shapes[0]} and {shapes[1]}.")
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+    """E(X, Y) = 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Székely & Rizzo 2004), the V-statistic; 0 iff the laws agree.
+
+    x: (n, d) (or (n, *dims)), y: (m, d), n, m >= 2, finite; computed in float64."""
+    x, y = _sample_pair(x, y)
+    n = x.shape[0]
+    D = _pooled_distances(x, y)
+    return float(2 * D[:n, n:].mean() - D[:n, :n].mean() - D[n:, n:].mean())
 
 
 def energy_test(
@@ -178,8 +186,7 @@ def energy_test(
             )
     x, y = _sample_pair(x, y)
     n, m = x.shape[0], y.shape[0]
-    Z = torch.cat([x, y])
-    D = torch.cdist(Z, Z)
+    D = _pooled_distances(x, y)
     N = n + m
     # Labels L (N, 1 + P): column 0 the observed split, then random permutations of it.
     base = torch.cat([torch.ones(n, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)])

@@ -349,7 +349,14 @@ def _close(expr: sp.Expr, x: sp.Symbol, rules: dict | None) -> sp.Expr:
 
 
 def vanishes(expr: Any, params: dict | None = None, *, n_points: int = 8, digits: int = 40, seed: int = 0) -> bool:
-    """True when expr is 0: trivially, or at `n_points` random rational points (t in (0, 1]) evaluated to `digits` digits.
+    """True when expr is 0: trivially, or at `n_points` random rational points (t in (0, 1]).
+
+    At each point expr is evaluated with D = `digits`, 2 D and 3 D digits. An expression that is identically 0 leaves
+    only the rounding of its terms, which shrinks by 10^-D with every D digits more, whatever the terms' size; a
+    non-zero value stays put. So the point counts as a zero when the 3 D-digit value is 0 or below 10^(-D/2) of
+    the larger of the two before it, or when those two are exactly 0 (no rounding left to shrink): a test relative
+    to the expression's own rounding, not an absolute threshold
+    (which calls (e^{60 t} + 1)^2 - e^{120 t} - 2 e^{60 t} - 1 non-zero, and any difference of sigma^2 ~ 1e-22 zero).
 
     `params` substitutes constants first (e.g. Schedule.params); the other free symbols are drawn at random.
     """
@@ -372,8 +379,14 @@ def vanishes(expr: Any, params: dict | None = None, *, n_points: int = 8, digits
                 else:
                     v = mpmath.mpf(rng.randint(-40, 40)) / rng.randint(7, 23)
                 point.append(v)
-            val = fn(*point)
-            if not mpmath.isfinite(val) or abs(val) > mpmath.mpf(10) ** (-(digits // 2)):
+            vals = []
+            for k in (1, 2, 3):  # the coordinates, drawn at D digits, are the same numbers at every precision
+                with mpmath.workdps(k * digits):
+                    vals.append(fn(*point))
+            if not all(mpmath.isfinite(v) for v in vals):
+                return False
+            before = max(abs(vals[0]), abs(vals[1]))  # both exactly 0: a rounding-free zero, whatever the third
+            if vals[2] != 0 and before != 0 and abs(vals[2]) > mpmath.mpf(10) ** (-(digits // 2)) * before:
                 return False
     return True
 

@@ -109,6 +109,10 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+# What a damaged or foreign file makes torch.load or zipfile raise, besides UnpicklingError and RuntimeError
+_FORMAT_ERRORS = (OSError, EOFError, KeyError, IndexError, struct.error, zipfile.BadZipFile, UnicodeDecodeError)
+
+
 def _load_weights(file: BinaryIO, path: Path, map_location: Any, damaged: str, remedy: str) -> Any:
     """torch.load(file, weights_only=True), its errors of the file's format raised as ValueError naming path.
 
@@ -118,7 +122,9 @@ def _load_weights(file: BinaryIO, path: Path, map_location: Any, damaged: str, r
     try:
         return torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        refused = next((ln.strip() for ln in str(e).splitlines() if "unsupported GLOBAL" in ln), None)
+        # torch words a refused global "Unsupported global: GLOBAL m.f was not an allowed global" (any object
+        # outside the allowlist) or "unsupported GLOBAL m.f whose module m is blocked" (os, subprocess, ...)
+        refused = next((ln.strip() for ln in str(e).splitlines() if "unsupported global" in ln.lower()), None)
         if refused is None:  # the pickle stream itself is broken
             raise ValueError(f"{damaged} (UnpicklingError: {str(e).splitlines()[0]}): {remedy}.") from e
         raise ValueError(
@@ -126,10 +132,12 @@ def _load_weights(file: BinaryIO, path: Path, map_location: Any, damaged: str, r
             "save_checkpoint never writes one: the file comes from elsewhere. Do not load it with weights_only=False "
             "unless you trust its source, since unpickling can run arbitrary code."
         ) from e
-    except (OSError, EOFError, KeyError, IndexError, struct.error, zipfile.BadZipFile) as e:
-        raise ValueError(f"{damaged} ({type(e).__name__}: {e}): {remedy}.") from e
+    except _FORMAT_ERRORS as e:  # UnicodeDecodeError: a damaged string in a legacy (non-zip) file
+        raise ValueError(f"{damaged} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): {remedy}.") from e
     except RuntimeError as e:
-        if "PytorchStreamReader" not in str(e) and "magic number" not in str(e):
+        # torch's archive reader (caffe2/serialize/inline_container.cc) raises RuntimeError on a malformed archive,
+        # as a device error does (a CUDA checkpoint on a CPU-only machine): only the former is the file's fault
+        if not any(k in str(e) for k in ("PytorchStreamReader", "inline_container", "hasRecord", "magic number")):
             raise
         raise ValueError(f"{damaged} ({type(e).__name__}: {str(e).splitlines()[0]}): {remedy}.") from e
 
@@ -156,14 +164,17 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device | 
     with open(path, "rb") as file:  # one open file for the check and the load (the docstring says why)
         # torch.load does not verify the CRC-32 of the zip records torch.save writes: a flipped byte in a tensor
         # record would load as wrong weights and be saved again with a fresh CRC. Check every record first.
-        if zipfile.is_zipfile(file):
-            try:
+        try:
+            bad = None
+            if zipfile.is_zipfile(file):
                 with zipfile.ZipFile(file) as archive:
                     bad = archive.testzip()
-            except (OSError, EOFError, zipfile.BadZipFile) as e:
-                raise ValueError(f"{damaged} ({e}): {remedy}.") from e
-            if bad is not None:
-                raise ValueError(f"{damaged}: its record {bad!r} fails its CRC-32 check; {remedy}.")
+        # zipfile's own refusals of a damaged archive besides BadZipFile: NotImplementedError (an unknown
+        # compression method or zip version), RuntimeError (an encrypted record), and the format errors below
+        except (NotImplementedError, RuntimeError, *_FORMAT_ERRORS) as e:
+            raise ValueError(f"{damaged} ({type(e).__name__}: {e}): {remedy}.") from e
+        if bad is not None:
+            raise ValueError(f"{damaged}: its record {bad!r} fails its CRC-32 check; {remedy}.")
         file.seek(0)
         state = _load_weights(file, path, map_location, damaged, remedy)
     if not isinstance(state, dict):

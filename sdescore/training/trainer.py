@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from .._checks import check_int, check_real
 from .checkpoint import load_checkpoint, save_checkpoint
-from .distributed import current_distributed, mean_over_ranks, range_over_ranks, shard
+from .distributed import _env_int, current_distributed, mean_over_ranks, range_over_ranks, shard
 
 __all__ = ["train", "TrainResult", "StepInfo", "warmup_factor", "batch_indices", "stream_seed"]
 
@@ -258,6 +258,8 @@ def train(
     if not isinstance(betas, (tuple, list)) or len(betas) != 2:
         raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}.")
     betas = (check_real("betas[0]", betas[0], nonnegative=True), check_real("betas[1]", betas[1], nonnegative=True))
+    if not (betas[0] < 1 and betas[1] < 1):
+        raise ValueError(f"betas must lie in [0, 1) (Adam's moment decays), got {tuple(betas)}.")
     weight_decay = check_real("weight_decay", weight_decay, nonnegative=True)
     seed = check_int("seed", seed, minimum=0)
     checkpoint_every = check_int("checkpoint_every", checkpoint_every, minimum=1)
@@ -266,6 +268,13 @@ def train(
         _check_checkpoint_path(checkpoint_path)
 
     info = current_distributed()
+    launched = _env_int("WORLD_SIZE", 1)
+    if launched > 1 and info.world_size == 1:
+        raise ValueError(
+            f"this process was launched as one of WORLD_SIZE={launched} (torchrun) but has joined no process group, so "
+            "each process would train alone on the same device and write the same checkpoint; call "
+            "sdescore.training.setup_distributed() before train()."
+        )
     rank, world = info.rank, info.world_size
     if batch_size > n_examples:
         raise ValueError(f"batch_size={batch_size} exceeds the {n_examples} examples of data; lower batch_size.")
