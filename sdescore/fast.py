@@ -36,7 +36,7 @@ from torch import Tensor
 from ._checks import HALF_DTYPES, check_bool, check_data, check_eps, check_generator, check_int, check_real
 from ._score import CheckedScore, NonFiniteError, SampleResult, _randn_like
 from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD
-from .grids import TimeGrid, time_grid
+from .grids import TimeGrid, eps_too_small, time_grid
 from .sde import SDE, ScoreFn, wide_view, work_dtype
 
 __all__ = [
@@ -148,11 +148,7 @@ class _Run:
         for ti, a, s in zip(t.tolist(), alpha.tolist(), std.tolist()):
             if not (0.0 < a < math.inf and 0.0 < s < math.inf):
                 if s == 0.0 and 0.0 < a < math.inf and ti <= self._eps:
-                    raise ValueError(
-                        f"eps={self._eps:g} is too small for {type(self.sde).__name__}: its std(eps) is 0 in float64 "
-                        "(the VP and sub-VP SDEs' underflows for eps below 5e-323), where the log-SNR is infinite and "
-                        "no step reaches it; take a larger eps."
-                    )
+                    raise eps_too_small(self.sde, self._eps)
                 raise ValueError(
                     f"sde.kernel(t) must return finite alpha > 0 and std > 0 at every time of the grid, got alpha={a}, "
                     f"std={s} at t={ti}."

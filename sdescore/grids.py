@@ -34,15 +34,20 @@ def _log_snr_at(sde: SDE, t: float) -> float:
     return float(sde.log_snr(torch.tensor([t], dtype=torch.float64)))
 
 
+def eps_too_small(sde: SDE, eps: float) -> ValueError:
+    """The error for an eps at which std(eps) is 0 in float64, so that the log-SNR there is infinite."""
+    return ValueError(
+        f"eps={eps:g} is too small for {type(sde).__name__}: its log-SNR at eps is inf in float64 (std(eps) is 0: the "
+        "VP and sub-VP SDEs' underflows for eps below 5e-323), so no grid or step reaches it; expected an eps with "
+        "std(eps) > 0; take a larger eps."
+    )
+
+
 def _log_snr_ends(sde: SDE, eps: float) -> tuple[float, float]:
     """(lambda(T), lambda(eps)), both finite: the grids placed by the log-SNR or sigma need them."""
     lam_T, lam_eps = _log_snr_at(sde, sde.T), _log_snr_at(sde, eps)
     if not math.isfinite(lam_eps):
-        raise ValueError(
-            f"eps={eps:g} is too small for {type(sde).__name__}: its log-SNR at eps is {lam_eps} in float64 (std(eps) "
-            "is 0: the VP and sub-VP SDEs' underflows for eps below 5e-323), so no grid in log-SNR or sigma reaches "
-            "it; take a larger eps."
-        )
+        raise eps_too_small(sde, eps)
     if not math.isfinite(lam_T):
         raise ValueError(
             f"{type(sde).__name__}'s log-SNR at T={sde.T} is {lam_T}: the Karras and log-SNR grids need it finite; "

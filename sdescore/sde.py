@@ -38,9 +38,9 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "ScoreFn", "batch_view"]
 
 
-def batch_view(c: Tensor, x: Tensor) -> Tensor:
+def batch_view(c: Tensor, x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
     """Reshape per-sample coefficients c of shape (B,) to broadcast against x of shape (B, *dims)."""
-    return c.to(dtype=x.dtype).reshape(c.shape[0], *([1] * (x.ndim - 1)))
+    return c.to(dtype=dtype or x.dtype).reshape(c.shape[0], *([1] * (x.ndim - 1)))
 
 
 def work_dtype(x: Tensor) -> torch.dtype:
@@ -54,12 +54,12 @@ def wide_view(c: Tensor, x: Tensor) -> Tensor:
     g(t)^2 h, std(t)^2 or 1 / std(t)^2 exceed float16's range (65504) or fall among its subnormals for the VE-SDE's
     usual sigma_max, although the result of the product fits; the caller rounds that result to x's dtype once.
     """
-    return c.to(dtype=work_dtype(x)).reshape(c.shape[0], *([1] * (x.ndim - 1)))
+    return batch_view(c, x, work_dtype(x))
 
 
 def _wide(t: Tensor) -> Tensor:
     """t in float32 where it is in half precision, else t itself: the public verbs' working precision."""
-    return t.float() if t.dtype in HALF_DTYPES else t
+    return t.to(work_dtype(t))
 
 
 def _fits(name: str, c: Tensor, t: Tensor) -> Tensor:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -73,8 +74,8 @@ def _input_eps(value: Any) -> float:
     dtype = getattr(value, "dtype", None)
     if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
         return torch.finfo(dtype).eps
-    if dtype is not None and getattr(dtype, "kind", "") == "f":  # numpy
-        return float(__import__("numpy").finfo(dtype).eps)
+    if isinstance(dtype, np.dtype) and dtype.kind == "f":
+        return float(np.finfo(dtype).eps)
     return torch.finfo(torch.float64).eps
 
 

@@ -138,7 +138,8 @@ def _pooled_distances(x: Tensor, y: Tensor) -> Tensor:
     """The (n + m, n + m) Euclidean distances of the pooled sample, centred first: torch.cdist forms |a|^2 + |b|^2
     - 2 a.b, which loses the distances of a sample far from the origin (a shift by 1e7 moved E by 0.5 %)."""
     Z = torch.cat([x, y])
-    return torch.cdist(Z - Z.mean(0), Z - Z.mean(0))
+    Z = Z - Z.mean(0)
+    return torch.cdist(Z, Z)
 
 
 def energy_distance(x: Tensor, y: Tensor) -> float:
