@@ -67,7 +67,8 @@ def check_output(
     """The output of a user's function `name` evaluated at x: a tensor shaped like x and (with dtype) of x's dtype.
 
     With cast_under_autocast a floating output of another dtype is cast to x's where autocast is on (a network
-    under train(bf16=True) returns its lower precision).
+    under train(bf16=True) returns its lower precision). Without the dtype rule the output must still be a real
+    floating tensor: an integer one would enter the losses as constants, with no gradient to train on.
     """
     if not isinstance(out, Tensor):
         raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}.")
@@ -77,6 +78,8 @@ def check_output(
         if cast_under_autocast and out.is_floating_point() and _autocast_on(x.device.type):
             return out.to(x.dtype)
         raise TypeError(f"{name} returned dtype {out.dtype} for x of dtype {x.dtype}; return x's dtype.")
+    if not out.is_floating_point():
+        raise TypeError(f"{name} returned dtype {out.dtype} for x of dtype {x.dtype}; return a floating tensor.")
     return out
 
 

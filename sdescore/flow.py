@@ -24,7 +24,7 @@ from . import _tsit5
 from ._rk import NONFINITE
 from ._checks import check_data, check_eps, check_int, check_not_half, check_real
 from ._score import CheckedScore, NonFiniteError, SampleResult
-from .sde import SDE, ScoreFn, batch_view
+from .sde import SDE, ScoreFn, wide_view
 
 __all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS", "DEFAULT_METHOD"]
 
@@ -55,12 +55,13 @@ class ProbabilityFlowODE:
     def velocity(self, x: Tensor, t: Tensor, score: ScoreFn | None = None) -> Tensor:
         """dx/dt = f(x, t) - g(t)^2 score(x, t) / 2 at per-sample times t of shape (B,), unchecked.
 
-        The likelihood's entry, and `func`'s where the drift is not linear.
+        The likelihood's entry, and `func`'s where the drift is not linear. A half-precision x takes g(t)^2 in
+        float32 (it exceeds float16's range for the VE-SDE's usual sigma_max) and the result rounded to its dtype.
         """
         t64 = t if t.dtype == torch.float64 else t.to(torch.float64)
         g = self.sde.g(t64)
         s = (score or self.score_fn)(x, t64.to(x.dtype))
-        return torch.addcmul(self.sde.f(x, t64), batch_view(g * g, x), s, value=-0.5)
+        return torch.addcmul(self.sde.f(x, t64), wide_view(g * g, x), s, value=-0.5).to(x.dtype)
 
     def __call__(self, t: Tensor | float, x: Tensor) -> Tensor:
         """torchdiffeq's signature func(t, y): t a scalar in [0, T], x of shape (B, *dims)."""

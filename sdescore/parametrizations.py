@@ -48,9 +48,11 @@ Fn = Callable[[Tensor, Tensor], Tensor]
 
 def _check_x(x: Tensor) -> None:
     """A converter's x: a floating tensor of shape (B, *dims) (its values are the caller's: no host read)."""
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        got = f"shape {tuple(x.shape)} {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        got = f"dtype {x.dtype}" if isinstance(x, Tensor) else type(x).__name__
         raise TypeError(f"x must be a floating tensor of shape (B, *dims), got {got}.")
+    if x.ndim < 2:
+        raise ValueError(f"x must be a floating tensor of shape (B, *dims), got shape {tuple(x.shape)}.")
 
 
 class _Converter:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Callable
 
 import torch
 import torchsde
@@ -273,10 +274,24 @@ class ReverseSDE:
         dt = s_end / steps * (1.0 + 1e-9)
         ys = torchsde.sdeint(bound, y0, ts, bm=bm, method=method, dt=dt)
         x = ys[-1].reshape(x_T.shape)
-        h = s_end / steps
-
-        def step_of(k: int, t: float) -> int:
-            return min(int((self.sde.T - t) / h + 1e-6), steps - 1)
+        step_of = _step_of(bound._score.nfe, steps, s_end / steps, self.sde.T)
 
         bound._score.raise_if_nonfinite(x, f"ReverseSDE.sample(method={method!r})", step_of)
         return SampleResult(x=x, nfe=bound._score.nfe)
+
+
+def _step_of(nfe: int, steps: int, h: float, T: float) -> Callable[[int, float], int]:
+    """The step that made evaluation k at time t, for a solve of `steps` fixed steps of size h that made nfe.
+
+    A method that evaluates the drift the same number of times in every step (euler, milstein, euler_heun: once;
+    heun, midpoint, log_ode: twice; srk: four times, its repeats answered by the memo) made evaluation k in step
+    k // (nfe / steps), whatever its time: Heun's second evaluation lies at the end of its step, the time of the
+    next step's first. One evaluation more than steps is reversible Heun's (an evaluation at the start, then one
+    at each step's end): k in step max(k - 1, 0). Otherwise the step whose interval holds t.
+    """
+    if nfe % steps == 0:
+        per = nfe // steps
+        return lambda k, t: k // per
+    if nfe == steps + 1:
+        return lambda k, t: max(k - 1, 0)
+    return lambda k, t: min(int((T - t) / h + 1e-6), steps - 1)

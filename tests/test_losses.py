@@ -348,6 +348,28 @@ def test_bad_input_raises_clear_errors():
         ncsn_loss(ncsn, x0, [1.0, 0.5, 0.1], labels=torch.zeros(3, dtype=torch.long))
 
 
+def _integer(x, *cond):
+    return x.round().long()
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda x0: dsm_loss(sds.VPSDE(), _integer, x0),
+        lambda x0: eps_loss(sds.VPSDE(), _integer, x0),
+        lambda x0: ncsn_loss(_integer, x0, [1.0, 0.5, 0.1]),
+        lambda x0: ism_loss(_integer, x0),
+        lambda x0: ssm_loss(_integer, x0),
+    ],
+    ids=["dsm", "eps", "ncsn", "ism", "ssm"],
+)
+def test_an_integer_model_output_is_refused(loss):
+    """A model returning an integer tensor: dsm, eps and ncsn returned a finite loss with no gradient to train on
+    (the output entered as a constant)."""
+    with pytest.raises(TypeError, match=r"returned dtype torch.int64 for x of dtype torch.float64; return a floating"):
+        loss(torch.randn(4, 2, dtype=F64))
+
+
 @pytest.mark.parametrize("loss", [ism_loss, ssm_loss], ids=["ism", "ssm"])
 def test_score_matching_with_a_trace_refuses_inference_mode(loss):
     """Under inference mode enable_grad() has no effect: the trace term would silently be 0."""

@@ -96,8 +96,12 @@ def test_converters_check_the_type_and_shape_of_t(convert):
         f(x, 0.5)
     with pytest.raises(TypeError, match="t must be a floating tensor .* got dtype torch.int64"):
         f(x, torch.ones(3, dtype=torch.long))
-    with pytest.raises(TypeError, match=r"x must be a floating tensor of shape \(B, \*dims\)"):
-        f(torch.zeros(3), torch.full((3,), 0.5))
+    with pytest.raises(ValueError, match=r"x must be a floating tensor of shape \(B, \*dims\), got shape \(3,\)"):
+        f(torch.zeros(3), torch.full((3,), 0.5))  # a shape: ValueError, as for every other shape (was TypeError)
+    with pytest.raises(TypeError, match=r"x must be a floating tensor of shape \(B, \*dims\), got dtype torch.int64"):
+        f(torch.zeros(3, 2, dtype=torch.long), torch.full((3,), 0.5))
+    with pytest.raises(TypeError, match=r"x must be a floating tensor of shape \(B, \*dims\), got list"):
+        f([[0.0, 0.0]] * 3, torch.full((3,), 0.5))
     assert f(x, torch.full((3,), 0.5)).shape == x.shape
 
 

@@ -374,6 +374,27 @@ def test_non_finite_scores_raise_with_step_and_time(run):
         run(sds.VPSDE(), torch.randn(4, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize(
+    "method, step",
+    [("euler", 5), ("milstein", 5), ("euler_heun", 5), ("midpoint", 5), ("srk", 4), ("heun", 4),
+     ("reversible_heun", 4)],
+)
+def test_reverse_sde_names_the_step_that_made_the_non_finite_evaluation(method, step):
+    """A score that is NaN from t = T - 5 h on (10 steps of h = (T - eps) / 10). Euler-type methods and the
+    midpoint rule first evaluate there at the start of step 5. Heun's second evaluation, reversible Heun's one
+    evaluation per step and srk's last stage lie at the end of step 4, the time of step 5's start: the message
+    named step 5 for them (the step of the time alone)."""
+    sde = sds.VPSDE()
+    h = (sde.T - EPS) / 10
+    cut = sde.T - 5 * h + 1e-9
+
+    def score(x, t):
+        return torch.where(t[:, None] <= cut, torch.full_like(x, float("nan")), -x)
+
+    with pytest.raises(sds.NonFiniteError, match=rf"at step {step} \(t=0\.5005"):
+        sde.reverse(score).sample(torch.randn(4, 2, dtype=torch.float64), steps=10, eps=EPS, method=method)
+
+
 def test_score_output_is_checked():
     sde = sds.VPSDE()
     x = torch.randn(4, 2, dtype=torch.float64)
@@ -563,6 +584,28 @@ def test_pc_sample_in_half_precision_follows_the_float64_run(name, dtype, predic
     assert got.dtype == dtype
     eps = torch.finfo(dtype).eps
     assert float((got.double() - want).abs().max()) <= 8 * eps * float(want.abs().max())
+
+
+@HALF
+@pytest.mark.parametrize("name", list(HALF_SDES))
+def test_probability_flow_velocity_in_half_precision_agrees_with_float64(name, dtype):
+    """The probability-flow velocity f - g^2 s / 2 (the entry of a drift that is not linear, and of a time that
+    requires grad) on a half-precision state, against float64 at the same x and t. g(1)^2 = 3e6 for VE(0.01, 378)
+    exceeds float16's 65504: taken in x's dtype it was inf, and the velocity NaN. The velocity rounds s and the
+    result once each (the drift f is x's own rounding): 2 eps times |f| + |g^2 s / 2| + |v| bounds it."""
+    sde = HALF_SDES[name]()
+    ode = sds.ProbabilityFlowODE(sde, _gaussian_score(sde))
+    t = torch.tensor([1.0, 0.5, 0.1, 0.02], dtype=torch.float64).repeat_interleave(8)
+    alpha, std = sde.kernel(t)
+    n = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
+    x = (torch.sqrt(alpha**2 + std**2)[:, None] * n.sign() * (0.5 + n.abs())).to(dtype)
+    got = ode.velocity(x, t)
+    X = x.double()
+    want = ode.velocity(X, t)
+    f, g = sde.f(X, t), sde.g(t)
+    terms = f.abs() + (0.5 * (g * g)[:, None] * _gaussian_score(sde)(X, t)).abs() + want.abs()
+    assert got.dtype == dtype
+    assert bool(((got.double() - want).abs() <= 2 * torch.finfo(dtype).eps * terms).all())
 
 
 def test_a_reverse_sde_used_directly_by_torchsde_keeps_nothing_and_names_a_non_finite_score():

@@ -41,13 +41,18 @@ def test_identities_hold_for_each_builtin_schedule(sde):
 
 def test_residuals_detect_wrong_drifts_and_kernels():
     """The residuals are not vacuous: a wrong variance, or the PF drift with g^2 score instead of g^2 score / 2, leave
-    a non-zero residual."""
-    x, m0 = sp.Symbol("x", real=True), sp.Symbol("m0", real=True)
+    a non-zero residual. The wrong drift's is the one its extra term -g^2 score / 2 makes, -(g^2 / 2) p'' / p =
+    -(g^2 / 2) ((x - m)^2 / V^2 - 1 / V), a polynomial in x that is not 0: shown equal to it, not merely unequal
+    to the literal 0 (which sympy's != tests)."""
+    x, m0, s0 = sp.Symbol("x", real=True), sp.Symbol("m0", real=True), sp.Symbol("s0", positive=True)
     f, g, a, v, rules = sym._generic()
-    l = sym._log_gaussian(x, a * m0, a**2 * sp.Symbol("s0", positive=True) ** 2 + v)
+    V = a**2 * s0**2 + v
+    l = sym._log_gaussian(x, a * m0, V)
     score = sp.diff(l, x)
     wrong_pf = sym._close(sym._continuity(l, x, f * x - g**2 * score, 0), x, rules)
-    assert wrong_pf != 0
+    extra = -(g**2 / 2) * ((x - a * m0) ** 2 / V**2 - 1 / V)
+    assert sp.simplify(wrong_pf - extra) == 0
+    assert sp.simplify(sp.diff(extra, x, 2) * V**2) == -(g**2)  # its x^2 coefficient, -g^2 / (2 V^2), is not 0
     sch = sym.schedule(VPSDE())
     k = sch.derive()
     doubled = sym.SymbolicKernel(f=k.f, g=k.g, var0=k.var0, alpha=k.alpha, variance=2 * k.variance)
