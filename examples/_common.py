@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,55 +30,230 @@ os.environ.setdefault("MPLBACKEND", "Agg")  # figures are files: no display, wha
 
 # ---------------------------------------------------------------------------------------------- command line
 
+CHECKPOINT = "checkpoint.pt"
+# The settings that define the model of OUT/checkpoint.pt, written beside it when a run starts: --resume continues
+# a checkpoint only under the same settings (a VE run resumed as VP would train one network on two SDEs).
+CHECKPOINT_SETTINGS = "checkpoint_settings.json"
+
+
+def int_at_least(minimum: int, why: str = "", *, below: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer >= minimum (and < below, if given); argparse's error names the flag
+    ("argument --steps: ...")."""
+    want = f"an integer >= {minimum}{why}" if below is None else f"an integer in [{minimum}, {_below_text(below)})"
+
+    def parse_int(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {want}, got {text!r}") from None
+        if value < minimum or (below is not None and value >= below):
+            raise argparse.ArgumentTypeError(f"must be {want}, got {value}")
+        return value
+
+    return parse_int
+
+
+def _below_text(bound: int) -> str:
+    """2**63 as written, other bounds as numbers."""
+    return "2**63" if bound == 2**63 else str(bound)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+# a seed in [0, 2^63), so that the seeds derived from it (seed + k) are torch seeds too
+seed = int_at_least(0, below=2**63)
+
+# --n-samples: every example measures its samples by energy distances, which need two samples at least
+n_samples = int_at_least(2, " (the energy distance compares two samples at least)")
+
 
 def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of the image examples: which dataset, where its files are, how many images each sampler draws."""
-    parser.add_argument("--dataset", choices=sorted(DATASETS), help="images to train on (default digits)")
+    parser.add_argument("--dataset", choices=sorted(DATASETS), help="images to train on")
     parser.add_argument("--data-dir", type=Path, help="folder of the dataset's files (not needed for digits)")
-    parser.add_argument("--n-samples", type=int, help="images drawn by each sampler")
+    parser.add_argument("--n-samples", type=n_samples, help="images drawn by each sampler")
 
 
-def make_parser(doc: str, name: str, presets: dict[str, dict[str, Any]]) -> argparse.ArgumentParser:
-    """The flags every example shares; a script adds its own before `parse`."""
+@dataclass(frozen=True)
+class _Example:
+    """What `parse` needs to know of the script besides its flags (kept on the parser by `make_parser`)."""
+
+    name: str
+    out: str  # default output folder, a format string of the settings, e.g. "out/toy_2d_{sde}"
+    model_settings: tuple[str, ...]  # the settings that define the model, recorded beside its checkpoint
+
+
+def make_parser(
+    doc: str, name: str, presets: dict[str, dict[str, Any]], *, model_settings: tuple[str, ...], out: str | None = None
+) -> argparse.ArgumentParser:
+    """The flags every example shares; a script adds its own before `parse`.
+
+    model_settings: the settings (flags or preset keys) that define the trained model, besides --seed and
+    --batch-size: --resume refuses a checkpoint trained with other values. out: the default --out, a format
+    string of the settings (default "out/NAME").
+    """
     first, _, rest = doc.strip().partition("\n\n")
+    out = out or f"out/{name}"
     parser = argparse.ArgumentParser(
         prog=f"examples/{name}.py", description=first, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.example = _Example(name, out, ("seed", "batch_size", *model_settings))  # type: ignore[attr-defined]
     parser.add_argument("--quick", action="store_true", help="the preset 'quick': about a minute on 2 CPU cores")
     parser.add_argument("--preset", choices=sorted(presets), help="a named set of settings (default: 'default')")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--steps", type=int, help="optimizer steps of the whole run")
-    parser.add_argument("--batch-size", type=int, help="global batch size (split over torchrun's processes)")
-    parser.add_argument("--lr", type=float, help="peak learning rate of Adam")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random stream (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("out") / name, help=f"output folder (default out/{name})")
-    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (OUT/checkpoint.pt)")
+    parser.add_argument("--steps", type=int_at_least(1), help="optimizer steps of the whole run")
+    parser.add_argument(
+        "--batch-size", type=int_at_least(1), help="global batch size (split over torchrun's processes)"
+    )
+    parser.add_argument("--lr", type=positive_float, help="peak learning rate of Adam")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of every random stream, in [0, 2**63) (default 0)")
+    parser.add_argument("--out", type=Path, help=f"output folder (default {out.replace('{', '<').replace('}', '>')})")
+    parser.add_argument(
+        "--checkpoint-every", type=int_at_least(1), help=f"steps between checkpoints (OUT/{CHECKPOINT})"
+    )
     parser.add_argument(
         "--resume", action="store_true",
-        help="continue from OUT/checkpoint.pt if it exists (same --seed and --batch-size; --lr and the other "
-        "optimiser settings of this command apply from the resumed step)",
+        help=f"continue from OUT/{CHECKPOINT} if it exists: refused unless this run has the settings recorded in "
+        f"OUT/{CHECKPOINT_SETTINGS} (--seed, --batch-size and those that define the model) and --steps at least the "
+        "checkpoint's step; --lr and the other optimiser settings of this command apply from the resumed step. "
+        "Without --resume a run replaces the checkpoint in OUT",
     )
     parser.add_argument("--compile", action="store_true", help="train through torch.compile")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bfloat16 autocast on CUDA")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process (default: the CPUs / processes)")
+    parser.add_argument(
+        "--threads", type=int_at_least(1),
+        help="torch CPU threads per process (default: from the preset where it sets one, else the CPUs / processes)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return parser
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """dest -> the flag that sets it ("n_samples" -> "--n-samples")."""
+    return {a.dest: a.option_strings[-1] for a in parser._actions if a.option_strings}
+
+
+def _shown(value: Any) -> str:
+    """A preset's value in the epilog, without spaces (so that a wrapped line never splits one)."""
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}={_shown(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ",".join(map(_shown, value)) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def describe_presets(parser: argparse.ArgumentParser, presets: dict[str, dict[str, Any]]) -> str:
+    """The epilog's table of the presets, made from the preset tables: per preset, the flags it sets with their
+    values, then the settings that have no flag."""
+    flags = _flags(parser)
+    lines = ["presets (--quick is --preset quick; a flag on the command line overrides its preset's value):"]
+    for name, preset in presets.items():
+        lines.append(f"  {name}:")
+        with_flag = " ".join(f"{flags[k]} {_shown(v)}" for k, v in preset.items() if k in flags)
+        without = " ".join(f"{k}={_shown(v)}" for k, v in preset.items() if k not in flags)
+        for text in (with_flag, without):
+            if text:
+                lines.append(textwrap.fill(text, 116, initial_indent="    ", subsequent_indent="    ",
+                                           break_long_words=False, break_on_hyphens=False))
+    return "\n".join(lines)
 
 
 def parse(
     parser: argparse.ArgumentParser, presets: dict[str, dict[str, Any]], argv: list[str] | None = None
 ) -> SimpleNamespace:
-    """Parse the command line; every setting left unset on it comes from the chosen preset."""
+    """Parse the command line; every setting left unset on it comes from the chosen preset.
+
+    Bad values stop here with parser.error naming the flag, before any data is loaded or any step trained: the
+    flags' types (int_at_least, positive_float, seed), --out naming a file, and a --resume that would not continue
+    the checkpoint in OUT (other settings, or a step beyond --steps).
+    """
+    example: _Example = parser.example  # type: ignore[attr-defined]
+    for action in parser._actions:  # the help of a flag whose default a preset sets says so
+        if any(action.dest in preset for preset in presets.values()) and "preset" not in (action.help or ""):
+            action.help = f"{action.help} (default: from the preset)"
+    parser.epilog = f"{parser.epilog}\n\n{describe_presets(parser, presets)}".strip()
     args = parser.parse_args(argv)
     if args.quick and args.preset not in (None, "quick"):
         parser.error(f"--quick and --preset {args.preset} are two presets; pass one of them.")
     preset = "quick" if args.quick else args.preset or "default"
     given = {k: v for k, v in vars(args).items() if v is not None or k not in presets[preset]}
     cfg = SimpleNamespace(**{**presets[preset], **given, "preset": preset})
-    for key in ("steps", "batch_size"):
-        if getattr(cfg, key) < 1:
-            parser.error(f"--{key.replace('_', '-')} must be a positive integer, got {getattr(cfg, key)}.")
+    if cfg.out is None:
+        cfg.out = Path(example.out.format(**vars(cfg)))
+    for folder in (cfg.out, *cfg.out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "" if folder == cfg.out else f" (which {cfg.out} lies under)"
+                parser.error(f"--out must name a folder, but {folder}{where} is a file; pass a folder's path.")
+            break
+    cfg.checkpoint_record = {
+        "example": example.name, "settings": _jsonable({k: getattr(cfg, k) for k in example.model_settings})
+    }
+    if cfg.resume and (cfg.out / CHECKPOINT).is_file():
+        _check_resume(parser, cfg, example)
     return cfg
+
+
+def _jsonable(value: Any) -> Any:
+    """value as it reads back from JSON (tuples as lists, paths as strings): what a recorded setting is compared to."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_resume(parser: argparse.ArgumentParser, cfg: SimpleNamespace, example: _Example) -> None:
+    """parser.error unless OUT/checkpoint.pt was trained with this run's model settings, at a step <= --steps."""
+    checkpoint, recorded_path = cfg.out / CHECKPOINT, cfg.out / CHECKPOINT_SETTINGS
+    fix = "Pass them as they were to continue it, another --out for a new run, or leave out --resume to replace it."
+    if not recorded_path.is_file():
+        parser.error(
+            f"--resume: {checkpoint} has no {CHECKPOINT_SETTINGS} beside it, the record of the settings it was trained "
+            "with, so this run cannot tell whether it would continue the same model; pass another --out, or leave out "
+            "--resume to replace the checkpoint."
+        )
+    try:
+        recorded = json.loads(recorded_path.read_text())
+        old = dict(recorded["settings"], example=recorded["example"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        parser.error(f"--resume: {recorded_path} is not a settings record of the examples ({type(err).__name__}: {err})")
+    new = dict(cfg.checkpoint_record["settings"], example=example.name)
+    flags = _flags(parser)
+    differ = [
+        f"{flags.get(k, k)} {_shown(old.get(k, 'unset'))} (this run: {_shown(new.get(k, 'unset'))})"
+        + ("" if k in flags or k == "example" else ", set by the preset")
+        for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
+    ]
+    if differ:
+        parser.error(f"--resume: {checkpoint} was trained with other settings: {'; '.join(differ)}. {fix}")
+    try:
+        step = sds.load_checkpoint(checkpoint, map_location="cpu").get("step")
+    except ValueError as err:
+        parser.error(f"--resume: {err}")
+    if isinstance(step, int) and step > cfg.steps:
+        parser.error(
+            f"--resume: {checkpoint} is at step {step}, beyond --steps {cfg.steps} (the steps of the whole run); pass "
+            f"--steps {step} or more to continue it ({step} to take it as it is), or another --out."
+        )
+
+
+def _write_json_atomically(path: Path, record: dict) -> None:
+    """path holds either its previous content or the whole of record, whenever the process dies."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(record, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -122,13 +298,19 @@ def start(cfg: SimpleNamespace) -> Run:
     info = sds.setup_distributed(cfg.device)  # gloo for --device cpu, nccl on GPUs
     device = info.device
     out = Path(cfg.out)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
     run = Run(info, device, out)
     run.log(
         f"preset {cfg.preset!r} on {device} ({info.world_size} process{'es' if info.world_size > 1 else ''}, "
         f"{torch.get_num_threads()} threads each); writing to {out}"
     )
+    checkpoint = out / CHECKPOINT
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if info.is_main and not (cfg.resume and checkpoint.is_file()):  # a new run: its settings, then its checkpoints
+        if checkpoint.is_file():  # a checkpoint of an earlier run must not be left beside this run's settings
+            checkpoint.unlink()
+            run.log(f"removed the earlier run's {checkpoint} (no --resume)")
+        _write_json_atomically(out / CHECKPOINT_SETTINGS, cfg.checkpoint_record)
     return run
 
 
@@ -145,7 +327,7 @@ def train_options(cfg: SimpleNamespace, run: Run) -> dict[str, Any]:
         device=run.device,
         bf16=cfg.bf16,
         compile_model=cfg.compile,
-        checkpoint_path=run.out / "checkpoint.pt",
+        checkpoint_path=run.out / CHECKPOINT,
         checkpoint_every=cfg.checkpoint_every,
         resume=cfg.resume,
         progress=not cfg.no_progress,
@@ -235,7 +417,9 @@ class Summary:
         bad = [k for k, v in self.figures.items() if not math.isfinite(float(v))]
         self.failures += [f"figure {k} is {self.figures[k]}" for k in bad]
         seconds = time.perf_counter() - self.run.start
-        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.cfg).items()}
+        settings = {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self.cfg).items() if k != "checkpoint_record"
+        }
         record = {
             "example": self.name,
             "preset": self.cfg.preset,

@@ -21,7 +21,8 @@ Commands, from the repository root:
   python examples/ncsn_ve.py --dataset mnist --data-dir DIR            # DIR holds the four IDX files
   python examples/ncsn_ve.py --preset cifar10-paper --data-dir DIR     # NCSN's CIFAR-10 settings: a GPU and days
   torchrun --standalone --nproc_per_node=4 examples/ncsn_ve.py --preset cifar10-paper --data-dir DIR
-Writes to --out (default out/ncsn_ve): samples_*.png, data.png, loss.png, samples.npz, summary.json, checkpoint.pt.
+Writes to --out (default out/ncsn_ve): samples_*.png, data.png, loss.png, samples.npz, summary.json, checkpoint.pt and
+checkpoint_settings.json (what --resume checks).
 """
 
 from __future__ import annotations
@@ -79,10 +80,15 @@ def to_pixels(x: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> int:
-    parser = _common.make_parser(__doc__, NAME, PRESETS)
+    # the model is defined by the data, the noise levels of the loss and the network
+    parser = _common.make_parser(
+        __doc__, NAME, PRESETS, model_settings=("dataset", "sigma_1", "sigma_L", "n_levels", "model")
+    )
     _common.add_image_arguments(parser)
-    parser.add_argument("--n-steps-each", type=int, help="Langevin steps per noise level")
-    parser.add_argument("--step-lr", type=float, help="epsilon of Algorithm 1 (twice the reference code's step_lr)")
+    parser.add_argument("--n-steps-each", type=_common.int_at_least(1), help="Langevin steps per noise level")
+    parser.add_argument(
+        "--step-lr", type=_common.positive_float, help="epsilon of Algorithm 1 (twice the reference code's step_lr)"
+    )
     cfg = _common.parse(parser, PRESETS)
     run = _common.start(cfg)
 
@@ -129,7 +135,7 @@ def main() -> int:
         g = run.generator(cfg.seed + 200 + i)
         return sds.pc_sample(sde, score, (n, *shape), steps=cfg.pc_steps, snr=0.16, generator=g, device=run.device)
 
-    def ode(n, i):  # probability-flow ODE by dopri5 from the VE prior N(0, sigma_1^2 I)
+    def ode(n, i):  # probability-flow ODE by tsit5 from the VE prior N(0, sigma_1^2 I)
         x_T = sde.prior_sampling((n, *shape), generator=run.generator(cfg.seed + 300 + i), device=run.device)
         return sde.probability_flow(score).sample(x_T, rtol=cfg.ode_tol, atol=cfg.ode_tol)
 

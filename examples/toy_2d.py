@@ -20,7 +20,8 @@ Commands, from the repository root:
   python examples/toy_2d.py                           # the default preset: 20k steps, minutes on a CPU
   python examples/toy_2d.py --quick --sde ve          # the same with the VE-SDE (or --sde subvp)
   torchrun --standalone --nproc_per_node=2 examples/toy_2d.py --quick   # DDP over 2 processes, rank 0 evaluates
-Writes to --out (default out/toy_2d): samples.png, score_field.png, loss.png, summary.json, checkpoint.pt.
+Writes to --out (default out/toy_2d_SDE, e.g. out/toy_2d_vp): samples.png, score_field.png, loss.png, summary.json,
+checkpoint.pt and checkpoint_settings.json (what --resume checks).
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ def seeded(seed: int) -> torch.Generator:
 
 
 def main() -> int:
-    parser = _common.make_parser(__doc__, NAME, PRESETS)
+    # the model is defined by the SDE, the network and the training data (their seed, --seed, is recorded anyway)
+    parser = _common.make_parser(
+        __doc__, NAME, PRESETS, model_settings=("sde", "hidden", "depth", "n_train"), out="out/toy_2d_{sde}"
+    )
     parser.add_argument("--sde", choices=sorted(SDES), default="vp", help="forward SDE (default vp)")
-    parser.add_argument("--n-samples", type=int, help="samples drawn by each sampler")
+    parser.add_argument("--n-samples", type=_common.n_samples, help="samples drawn by each sampler")
     cfg = _common.parse(parser, PRESETS)
     run = _common.start(cfg)
 
@@ -107,7 +111,7 @@ def main() -> int:
     def pc(score, x_T, g):  # reverse-diffusion predictor + one Langevin corrector step, snr 0.16 (algorithms 2-3)
         return sds.pc_sample(sde, score, None, x_T=x_T, steps=cfg.sde_steps, eps=EPS_SAMPLE, generator=g)
 
-    def ode(score, x_T, g):  # the probability-flow ODE (eq. 13) by dopri5, rtol = atol = 1e-5; deterministic
+    def ode(score, x_T, g):  # the probability-flow ODE (eq. 13) by tsit5, rtol = atol = 1e-5; deterministic
         return sde.probability_flow(score).sample(x_T, eps=EPS_SAMPLE)
 
     samplers = {"reverse_sde": reverse_sde, "pc": pc, "ode": ode}
@@ -137,7 +141,7 @@ def main() -> int:
     family = mixture.diffuse(sde)  # the exact laws p_t
     x_test = mixture.sample(cfg.n_test, torch.Generator(device=run.device).manual_seed(cfg.seed + 7)).float()
     analytic = family.log_prob(x_test, EPS_LIKELIHOOD)  # log p_eps(x), closed form
-    # dopri5 with rtol = atol = 1e-5 and the exact trace (D = 2 vector-Jacobian products per step)
+    # tsit5 with rtol = atol = 1e-5 and the exact trace (D = 2 vector-Jacobian products per step)
     model_ll = sds.log_likelihood(sde, scores["learned"], x_test, eps=EPS_LIKELIHOOD)
     exact_ll = sds.log_likelihood(sde, scores["exact"], x_test, eps=EPS_LIKELIHOOD)
     gap = (analytic - model_ll.logp).double()

@@ -23,7 +23,7 @@ Commands, from the repository root:
   python examples/vp_bits_per_dim.py --preset cifar10-paper --data-dir DIR   # score SDE's VP settings: GPUs, days
   torchrun --standalone --nproc_per_node=8 examples/vp_bits_per_dim.py --preset cifar10-paper --data-dir DIR
 Writes to --out (default out/vp_bits_per_dim): samples_*.png, data.png, loss.png, samples.npz, summary.json,
-checkpoint.pt.
+checkpoint.pt and checkpoint_settings.json (what --resume checks).
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> int:
-    parser = _common.make_parser(__doc__, NAME, PRESETS)
+    # the model is defined by the data and the network (the VP-SDE is fixed)
+    parser = _common.make_parser(__doc__, NAME, PRESETS, model_settings=("dataset", "model"))
     _common.add_image_arguments(parser)
-    parser.add_argument("--n-bpd", type=int, help="test images whose bits/dim are computed")
+    parser.add_argument("--n-bpd", type=_common.int_at_least(1), help="test images whose bits/dim are computed")
     cfg = _common.parse(parser, PRESETS)
     run = _common.start(cfg)
 

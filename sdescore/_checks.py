@@ -64,7 +64,8 @@ def check_output(
     name: str, out: Any, x: Tensor, *, shape_rule: str = "its output has the shape of x", dtype: bool = True,
     cast_under_autocast: bool = False,
 ) -> Tensor:
-    """The output of a user's function `name` evaluated at x: a tensor shaped like x and (with dtype) of x's dtype.
+    """The output of a user's function `name` evaluated at x: a tensor shaped like x, on x's device and (with dtype)
+    of x's dtype.
 
     With cast_under_autocast a floating output of another dtype is cast to x's where autocast is on (a network
     under train(bf16=True) returns its lower precision). Without the dtype rule the output must still be a real
@@ -74,6 +75,11 @@ def check_output(
         raise TypeError(f"{name} must return a torch.Tensor, got {type(out).__name__}.")
     if out.shape != x.shape:
         raise ValueError(f"{name} returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; {shape_rule}.")
+    if out.device != x.device:  # else torch fails later, in the solver's arithmetic, naming no function
+        raise ValueError(
+            f"{name} returned a tensor on device {out.device} for x on device {x.device}; return it on x's device "
+            "(move the model with .to(x.device), or create new tensors with device=x.device)."
+        )
     if dtype and out.dtype != x.dtype:
         if cast_under_autocast and out.is_floating_point() and _autocast_on(x.device.type):
             return out.to(x.dtype)

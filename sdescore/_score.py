@@ -49,14 +49,24 @@ class CheckedScore:
     record=False (an object that outlives any one solve, such as a `ReverseSDE` handed to torchsde.sdeint, where
     no solver calls `raise_if_nonfinite` and a record would grow with every call) each call is checked at once
     instead, one host synchronisation per call, and nothing is kept.
+
+    With dtype (a half-precision x_T's dtype, where the solver works in float32: `sdescore.sde.work_dtype`) score_fn is
+    called at x and t rounded to dtype, as a network of that precision would be, and its output widened to the
+    solver's x: s(x, t) = score_fn(x.to(dtype), t.to(dtype)).to(x.dtype). The state, and every product of the score
+    with a coefficient such as g(t)^2 (which exceeds float16's range for the VE-SDE's usual sigma_max), stay in
+    the solver's precision; the reported time is the solver's.
     """
 
-    def __init__(self, score_fn: Callable[[Tensor, Tensor], Tensor], name: str = "score_fn", *, record: bool = True):
+    def __init__(
+        self, score_fn: Callable[[Tensor, Tensor], Tensor], name: str = "score_fn", *, record: bool = True,
+        dtype: torch.dtype | None = None,
+    ):
         if not callable(score_fn):
             raise TypeError(f"{name} must be callable as {name}(x, t), got {type(score_fn).__name__}.")
         self.score_fn = score_fn
         self.name = name
         self.record = record
+        self.dtype = dtype
         self._ranges: list[tuple[Tensor, Tensor]] = []
         self._when: list[float | Tensor] = []
 
@@ -69,6 +79,11 @@ class CheckedScore:
         """Evaluate the score at x (B, *dims) and times t (B,); `when` is what to report of the call's times: a
         number, a (lo, hi) pair where they differ between samples, or a tensor of them (default t itself, which is
         then kept until the solve ends: a solver with one time per sample passes the pair instead)."""
+        if self.dtype is not None and x.dtype != self.dtype:
+            return self._checked(x.to(self.dtype), t.to(self.dtype), t if when is None else when).to(x.dtype)
+        return self._checked(x, t, when)
+
+    def _checked(self, x: Tensor, t: Tensor, when: float | tuple[float, float] | Tensor | None) -> Tensor:
         s = check_output(
             self.name, self.score_fn(x, t), x, shape_rule="a score has the shape of x", cast_under_autocast=True
         )
@@ -125,3 +140,41 @@ class CheckedScore:
             )
         if not all_finite(x):
             raise NonFiniteError(f"{where}: the final state holds non-finite values although every score was finite.")
+
+
+def _step_of(
+    nfe: int, steps: int, position: Callable[[float], float], *, uniform: bool = True
+) -> Callable[[int, float], int]:
+    """The step that made evaluation k at time t, for a solve of `steps` fixed steps that made nfe evaluations.
+
+    A method that evaluates the score the same number of times in every step (uniform: euler, milstein,
+    euler_heun: once; heun, midpoint, log_ode, torchdiffeq's heun2: twice; heun3: three times; srk, its repeats
+    answered by a memo, and rk4: four times) made evaluation k in step k // (nfe / steps), whatever its time:
+    the last stage of heun, heun2, srk and rk4 lies at the end of its step, the time of the next step's first.
+    One evaluation more than steps is reversible Heun's (an evaluation at the start, then one at each step's end):
+    k in step max(k - 1, 0). Otherwise, and for a method whose count varies from step to step (uniform=False: the
+    Adams methods' Runge–Kutta start and corrector iterations, whose total may happen to be a multiple of steps),
+    the time rule: the step whose interval holds t, floor(position(t)), where position(t) is t's distance from
+    the start of the grid in steps, raised by a bound on the rounding of t (a node rounded in t's dtype would
+    otherwise fall in the step before); an evaluation at a step's end is then named as the next step's.
+    """
+    if uniform and nfe % steps == 0:
+        per = nfe // steps
+        return lambda k, t: k // per
+    if uniform and nfe == steps + 1:
+        return lambda k, t: max(k - 1, 0)
+    return lambda k, t: min(max(int(position(t)), 0), steps - 1)
+
+
+def _round_result(x: Tensor, dtype: torch.dtype, name: str, where: str) -> Tensor:
+    """A solve's finite result x, made in the working precision, rounded once to the caller's dtype (that of the
+    argument `name`); NonFiniteError where it lies beyond that dtype's range."""
+    if x.dtype == dtype:
+        return x
+    out = x.to(dtype)
+    if not all_finite(out):
+        raise NonFiniteError(
+            f"{where}: the result (max |x| = {float(x.abs().max()):.6g}, finite in {x.dtype}) exceeds the range of "
+            f"{name}'s dtype {dtype} (largest {torch.finfo(dtype).max:.6g}); pass {name} in float32."
+        )
+    return out

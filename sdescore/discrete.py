@@ -10,11 +10,17 @@ Model interfaces: NCSN models are score_fn(x, sigma) with sigma of shape (B,) in
 and `ncsn_from_score` convert to and from score_fn(x, t). DDPM models are eps_fn(x, i) with i of shape (B,),
 int64, the 0-based step index of Ho et al.'s code (i = 0 the least noisy, i = N - 1 the noisiest);
 `ddpm_eps_from_continuous` turns a continuous eps_fn(x, t) into one. Plain `langevin` takes a score of x alone.
+
+Precision: the samplers (`langevin`, `annealed_langevin`, `AnnealedLangevinCorrector`, `ddpm_sample`) form each
+step in `work_dtype(x)` (float32 for a half-precision state) and round the new state to x's dtype once: a drift
+below half an ulp of x, such as (alpha / 2) s at a small step, is lost when rounded alone, and kept on average
+when rounded once together with the noise, which dithers it.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from numbers import Real
 from typing import Any, Callable
 
@@ -37,7 +43,7 @@ from ._checks import (
 )
 from ._score import CheckedScore, SampleResult, _randn_like
 from .parametrizations import _check_x, _Converter
-from .sde import SDE, VESDE, batch_view, wide_view
+from .sde import SDE, VESDE, batch_view, wide_view, work_dtype
 
 __all__ = [
     "ncsn_sigmas",
@@ -64,26 +70,41 @@ def ncsn_sigmas(sigma_1: float, sigma_L: float, L: int) -> Tensor:
     VE-SDE that `ve_sde_from_ncsn_sigmas` rebuilds from the levels has sigma_max = sigmas[0], a rounding of sigma_1
     whose log(sigma_max / sigma_min) can differ in the last bit, so its sigma(t_i) reproduces them to rounding
     (relative error below 1e-15), not always bit for bit. The reference's exp(linspace(log sigma_1, log sigma_L, L))
-    agrees to rounding.
+    agrees to rounding. sigma_1 / sigma_L must be a finite float64, as for `VESDE` (a ValueError otherwise).
     """
     sigma_1 = check_real("sigma_1", sigma_1, positive=True)
     sigma_L = check_real("sigma_L", sigma_L, positive=True)
     L = check_int("L", L, minimum=2)
     if not sigma_1 > sigma_L:
         raise ValueError(f"need sigma_1 > sigma_L > 0 (levels are descending), got sigma_1={sigma_1}, sigma_L={sigma_L}.")
+    ratio = sigma_1 / sigma_L
+    if math.isinf(ratio):
+        # sigma_L (sigma_1 / sigma_L)^t overflows at t = 1 although sigma_1 is finite, and the VE-SDE of the levels
+        # (whose sigma(t) is the same expression) refuses such a ratio too
+        raise ValueError(
+            f"sigma_1 / sigma_L must be a finite float64 (below {sys.float_info.max:.4g}), got sigma_1={sigma_1!r} "
+            f"and sigma_L={sigma_L!r}, whose ratio overflows: the levels sigma_L (sigma_1 / sigma_L)^t_i are formed "
+            "from it; take levels that span fewer than 308 decades."
+        )
     t = torch.arange(L - 1, -1, -1, dtype=torch.float64) / (L - 1)
-    return sigma_L * torch.exp(t * math.log(sigma_1 / sigma_L))
+    return sigma_L * torch.exp(t * math.log(ratio))
 
 
 def _precision(values: Any) -> float:
-    """Machine epsilon of the floating dtype the levels come in: a tensor's or a NumPy array's, else float64's
+    """Machine epsilon of the coarsest floating dtype the levels come in: a tensor's or a NumPy array's, else the
+    coarsest among a sequence's NumPy scalars (a Python number counts as float64), so that a float32 array and the
+    list of its scalars are judged alike; never finer than float64's, the precision the levels are compared in
     (check_sigmas refuses a tensor that is not floating)."""
+    eps = torch.finfo(torch.float64).eps
     dtype = getattr(values, "dtype", None)
-    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
-        return torch.finfo(dtype).eps
-    if isinstance(dtype, np.dtype) and np.issubdtype(dtype, np.floating):
-        return float(np.finfo(dtype).eps)
-    return torch.finfo(torch.float64).eps
+    if isinstance(dtype, torch.dtype):
+        return max(eps, torch.finfo(dtype).eps) if dtype.is_floating_point else eps
+    if isinstance(dtype, np.dtype):
+        return max(eps, float(np.finfo(dtype).eps)) if np.issubdtype(dtype, np.floating) else eps
+    for v in values:
+        if isinstance(v, np.floating):
+            eps = max(eps, float(np.finfo(v.dtype).eps))
+    return eps
 
 
 def ve_sde_from_ncsn_sigmas(sigmas: Any) -> VESDE:
@@ -95,9 +116,21 @@ def ve_sde_from_ncsn_sigmas(sigmas: Any) -> VESDE:
     (Song et al. 2021, eq. 19).
 
     The levels must be geometric, as a VE-SDE's are, to the precision of their own dtype: each must equal
-    sigma_L (sigma_1 / sigma_L)^{t_i} within a relative 32 eps (1 + max |log sigma|), eps that of the dtype the
-    levels come in (float32 levels such as NCSN's `torch.tensor(np.exp(np.linspace(...))).float()` are accepted).
+    g_i = sigma_L (sigma_1 / sigma_L)^{t_i} within a relative
+
+        rtol = 2 eps + 32 min(eps, eps_32) (1 + max |log sigma|),
+
+    eps that of the coarsest dtype the levels come in (a tensor's, an array's or a sequence's NumPy scalars'; Python
+    numbers are float64), eps_32 float32's. The first term is the rounding of the levels to their dtype: a level
+    that is the rounding of the exact geometric level lies within eps / 2 of it, and g_i, built from sigma_1 and
+    sigma_L as rounded, within eps / 2 more (each end is eps / 2 off, and g_i is their weighted geometric mean); so
+    eps, with a factor of two to spare. The second is the rounding of log sigma that exp(linspace(log ...)) carries,
+    amplified by exp: charged at most at float32's eps, the precision such levels are computed in (float32 levels
+    such as NCSN's `torch.tensor(np.exp(np.linspace(...))).float()` are accepted). For half-precision levels the
+    first term dominates: rtol = 0.0156 + 2.1e-5 for bfloat16 levels from 50 down to 0.01.
     """
+    if not isinstance(sigmas, (Tensor, np.ndarray)):
+        sigmas = check_numbers("sigmas", sigmas, Real, "a 1-D tensor or a sequence of noise levels")
     eps = _precision(sigmas)
     sigmas = check_sigmas("sigmas", sigmas, device="cpu")  # L numbers, compared on the host
     L = sigmas.shape[0]
@@ -105,8 +138,10 @@ def ve_sde_from_ncsn_sigmas(sigmas: Any) -> VESDE:
         raise ValueError(f"sigmas must hold at least 2 levels to define a VE-SDE, got {L}.")
     sigma_1, sigma_L = float(sigmas[0]), float(sigmas[-1])
     geometric = ncsn_sigmas(sigma_1, sigma_L, L)
-    # a level's rounding in its own dtype, plus the rounding of log sigma that exp(linspace(log ...)) carries
-    rtol = 32 * eps * (1 + max(abs(math.log(sigma_1)), abs(math.log(sigma_L))))
+    # each level's rounding to its dtype (2 eps), plus the rounding of log sigma that exp(linspace(log ...))
+    # carries, computed in float32 at worst
+    eps_log = min(eps, torch.finfo(torch.float32).eps)
+    rtol = 2 * eps + 32 * eps_log * (1 + max(abs(math.log(sigma_1)), abs(math.log(sigma_L))))
     deviation = (sigmas - geometric).abs() / geometric
     k = int(deviation.argmax())
     if float(deviation[k]) > rtol:
@@ -182,17 +217,19 @@ def _langevin_steps(
     """n_steps of x <- x + (alpha / 2) s(x) + sqrt(alpha) z (Song & Ermon 2019, eq. 4); returns (x, x_mean of the last step).
 
     alpha: a number, or per-sample steps as a (B, 1, ..., 1) `wide_view` (float32 for a half-precision x, where
-    step_lr std^2 / sigma_min^2 can exceed float16's range): each step is formed in that precision and rounded to x's
-    dtype once, so the state keeps x's dtype.
+    step_lr std^2 / sigma_min^2 can exceed float16's range). Each step, x_mean = x + (alpha / 2) s(x) and
+    x_mean + sqrt(alpha) z, is formed in `work_dtype(x)` and rounded to x's dtype once, so the state keeps x's dtype.
     """
     half = alpha / 2
     root = torch.sqrt(alpha) if isinstance(alpha, Tensor) else math.sqrt(alpha)
-    dtype = x.dtype
+    dtype, w = x.dtype, work_dtype(x)
     x_mean = x
     for _ in range(n_steps):
         z = _randn_like(x, generator)
-        x_mean = x + half * score(x)
-        x = (x_mean + root * z).to(dtype)
+        # x + (alpha / 2) s and the noise meet in w: rounded to a half-precision x first, the drift alpha s / 2
+        # (below x's half ulp at a small alpha) was lost, and the chain sampled a law of the wrong variance
+        x_mean = x.to(w) + half * score(x).to(w)
+        x = (x_mean + root * z.to(w)).to(dtype)
     return x, x_mean.to(dtype)
 
 
@@ -280,7 +317,8 @@ def annealed_langevin(
         alpha_i = step_lr * (sigma_i / sigma_L) ** 2
         x, _ = _langevin_steps(lambda y: score(y, c, when=sigma_i), x, alpha_i, n_steps_each, generator)
     if denoise:
-        x = x + sigma_L**2 * score(x, c, when=sigma_L)
+        w = work_dtype(x)
+        x = (x.to(w) + sigma_L**2 * score(x, c, when=sigma_L).to(w)).to(x.dtype)
     score.raise_if_nonfinite(x, "annealed_langevin (t is the noise level sigma)", lambda k, _: k)
     return SampleResult(x=x, nfe=score.nfe)
 
@@ -468,8 +506,8 @@ def ddpm_sample(
     """Ancestral sampling of DDPM's chain, Algorithm 2 of Ho et al. (2020).
 
     For i = N-1, ..., 0: x <- (x - beta_i / sqrt(1 - abar_i) eps(x, i)) / sqrt(1 - beta_i) + sigma_i z, with no
-    noise at i = 0. The mean is the exact Tweedie mean E[x_{i-1} | x_i] = (x + beta_i score) / sqrt(1 - beta_i)
-    of the one-step transition when eps is exact.
+    noise at i = 0, formed in `work_dtype(x)` and rounded to x's dtype once per step. The mean is the exact Tweedie
+    mean E[x_{i-1} | x_i] = (x + beta_i score) / sqrt(1 - beta_i) of the one-step transition when eps is exact.
 
     Args:
         eps_fn: eps(x, i), x (B, *dims), i (B,) int64 0-based step index (see `ddpm_eps_from_continuous`).
@@ -496,10 +534,14 @@ def ddpm_sample(
     sigma = torch.sqrt(var).tolist()
     eps = CheckedScore(eps_fn, name="eps_fn")
     B, N = x.shape[0], betas.shape[0]
+    dtype, w = x.dtype, work_dtype(x)
     for i in range(N - 1, -1, -1):
         idx = torch.full((B,), i, dtype=torch.long, device=x.device)
-        x = c_x[i] * (x - c_eps[i] * eps(x, idx, when=float(i)))
+        # the step in w, rounded to x's dtype once: rounded after each operation in bfloat16, it lost x - beta_i x
+        # where beta_i x is below half an ulp (the output variance for N(0, I) data was 0.93 instead of 1 - beta_0)
+        x_mean = c_x[i] * (x.to(w) - c_eps[i] * eps(x, idx, when=float(i)).to(w))
         if i > 0:
-            x = x + sigma[i] * _randn_like(x, generator)
+            x_mean = x_mean + sigma[i] * _randn_like(x, generator).to(w)
+        x = x_mean.to(dtype)
     eps.raise_if_nonfinite(x, "ddpm_sample (t is the step index i)", lambda k, _: N - 1 - k)
     return SampleResult(x=x, nfe=eps.nfe)

@@ -23,8 +23,8 @@ from torch import Tensor
 from . import _tsit5
 from ._rk import NONFINITE
 from ._checks import check_data, check_eps, check_int, check_not_half, check_real
-from ._score import CheckedScore, NonFiniteError, SampleResult
-from .sde import SDE, ScoreFn, wide_view
+from ._score import CheckedScore, NonFiniteError, SampleResult, _round_result, _step_of
+from .sde import SDE, ScoreFn, wide_view, work_dtype
 
 __all__ = ["ProbabilityFlowODE", "ADAPTIVE_METHODS", "FIXED_METHODS", "DEFAULT_METHOD"]
 
@@ -33,6 +33,9 @@ ADAPTIVE_METHODS = (("tsit5",) if _tsit5.register() else ()) + ("dopri8", "dopri
 # sdescore's default adaptive method: Tsitouras' pair with sdescore's step (sdescore._rk), dopri5 where absent
 DEFAULT_METHOD = "tsit5" if "tsit5" in ADAPTIVE_METHODS else "dopri5"
 FIXED_METHODS = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
+# fixed-step methods whose evaluations per step vary: a Runge–Kutta start (4 per step), then 1 (explicit) or 1 plus
+# the corrector's iterations (implicit); the others make the same number in every step
+_VARYING_COUNT = ("explicit_adams", "implicit_adams", "fixed_adams")
 
 
 class ProbabilityFlowODE:
@@ -64,13 +67,22 @@ class ProbabilityFlowODE:
         return torch.addcmul(self.sde.f(x, t64), wide_view(g * g, x), s, value=-0.5).to(x.dtype)
 
     def __call__(self, t: Tensor | float, x: Tensor) -> Tensor:
-        """torchdiffeq's signature func(t, y): t a scalar in [0, T], x of shape (B, *dims)."""
-        t_value = float(t)
+        """torchdiffeq's signature func(t, y): t a scalar in [0, T], x of shape (B, *dims).
+
+        torchdiffeq's adaptive solvers evaluate outside the interval of ts = [t0, t1] unless told not to: their
+        steps cross t1 and interpolate back (`step_t` makes them land on it), and their initial step-size heuristic
+        probes f at t0 + h0, h0 unbounded (`first_step` skips it). Under odeint_adjoint the backward solve, from t1
+        to t0, needs the same in `adjoint_options`, in torchdiffeq's internal time: negated where t1 < t0.
+        """
+        t_value = float(t.detach()) if isinstance(t, Tensor) else float(t)
         if not 0.0 <= t_value <= self.sde.T:
             raise ValueError(
-                f"the probability-flow ODE is defined for t in [0, {self.sde.T}], got t={t_value}; adaptive "
-                "torchdiffeq solvers probe past the end time, so integrate with ode.sample / ode.encode, or pass "
-                "options={'step_t': end_time} to odeint and end inside (0, T]."
+                f"the probability-flow ODE is defined for t in [0, {self.sde.T}], got t={t_value}: torchdiffeq's "
+                "adaptive solvers step past the end time and probe past it for their first step. Integrate with "
+                "ode.sample / ode.encode, or pass odeint(ode, x, ts, options={'step_t': ts[-1:], 'first_step': h}) "
+                "with ts inside [0, T] and h a first step shorter than |t1 - t0| (e.g. |t1 - t0| / 100); under "
+                "odeint_adjoint also adjoint_options={'step_t': ts[:1] if t1 > t0 else -ts[:1], 'first_step': h} (the "
+                "backward solve runs to t0, in negated time where t decreases)."
             )
         return self.func(self.score_fn, 0.0, self.sde.T)(t, x)
 
@@ -105,7 +117,10 @@ class ProbabilityFlowODE:
     ) -> SampleResult:
         """Integrate from t = T to t = eps. x_T: (B, *dims). Fixed-step methods take `steps`, adaptive ones rtol/atol.
 
-        `method` is any torchdiffeq method; the default is DEFAULT_METHOD ('tsit5', with sdescore's step).
+        `method` is any torchdiffeq method; the default is DEFAULT_METHOD ('tsit5', with sdescore's step). A
+        half-precision x_T (fixed-step methods only) is integrated in float32 (`work_dtype`: the velocity
+        f - g^2 s / 2 exceeds float16's range for |x| > 4750 with the VE-SDE of sigma_max = 1000 although the state
+        fits), with the score called at x and t in x_T's dtype; the result is rounded to x_T's dtype once.
         """
         x_T = check_data("x_T", x_T)
         eps = check_eps(eps, self.sde.T)
@@ -121,7 +136,10 @@ class ProbabilityFlowODE:
         eps: float = 1e-3,
         steps: int | None = None,
     ) -> SampleResult:
-        """Integrate from t = eps to t = T: the latent z = x(T) of data x0 (B, *dims); the inverse of `sample`."""
+        """Integrate from t = eps to t = T: the latent z = x(T) of data x0 (B, *dims); the inverse of `sample`.
+
+        A half-precision x0 is integrated in float32, as in `sample`.
+        """
         x0 = check_data("x0", x0)
         eps = check_eps(eps, self.sde.T)
         return self._solve(x0, "x0", eps, self.sde.T, method, rtol, atol, steps, "ProbabilityFlowODE.encode")
@@ -130,7 +148,7 @@ class ProbabilityFlowODE:
         self, x: Tensor, name: str, t0: float, t1: float, method: str, rtol: float, atol: float, steps: int | None,
         where: str,
     ) -> SampleResult:
-        score = CheckedScore(self.score_fn)
+        score = CheckedScore(self.score_fn, dtype=x.dtype)
         lo, hi = min(t0, t1), max(t0, t1)
         options = solver_options(method, rtol, atol, steps, t0, t1, x.device)
         if method in ADAPTIVE_METHODS:
@@ -138,19 +156,17 @@ class ProbabilityFlowODE:
             # significant digits it is rounding noise (thousands of rejected steps), and the norms overflow float16
             check_not_half(name, x, f"the adaptive method {method!r} needs float32 or float64: in half precision its "
                            "error estimate is rounding noise (relative 1e-3 in float16, 8e-3 in bfloat16) and its norms "
-                           "overflow (a fixed-step method, steps=, runs in half precision)")
+                           "overflow (a fixed-step method, steps=, takes a half-precision state)")
 
         func = self.func(score, lo, hi)  # fixed grids lie inside [lo, hi]; adaptive probes are clamped there
-        h = (hi - lo) / steps if steps else None
-
-        def step_of(k: int, t: float) -> int | None:
-            # an adaptive solver's steps are not counted (rejected steps and the initial-step probe evaluate too)
-            return min(int(abs(t - t0) / h + 1e-6), steps - 1) if h else None
-
+        dtype = work_dtype(x)
+        # the reported time is the solver's, cast to the working dtype (an adaptive method has no steps)
+        h, slack = (hi - lo) / (steps or 1), time_rounding(dtype, t0, t1)
+        step_of = fixed_step_of(score, method, steps, lambda t: (abs(t - t0) + slack) / h + 1e-6)
         ts = torch.tensor([t0, t1], dtype=torch.float64, device=x.device)
-        out = odeint_naming_nonfinite(score, x, where, step_of, func, x, ts, method, options)[-1]
+        out = odeint_naming_nonfinite(score, x, where, step_of, func, x.to(dtype), ts, method, options)[-1]
         score.raise_if_nonfinite(out, where, step_of)
-        return SampleResult(x=out, nfe=score.nfe)
+        return SampleResult(x=_round_result(out, x.dtype, name, where), nfe=score.nfe)
 
 
 class _LinearFlow:
@@ -207,6 +223,30 @@ class _LinearFlow:
             return self.generic(t, y)
         k, m = self.scaled(float(t), y)
         return k if m == 1.0 else torch.mul(k, m)  # out of place: k may be the score's own tensor
+
+
+def fixed_step_of(
+    score: CheckedScore, method: str, steps: int | None, position: Callable[[float], float]
+) -> Callable[[int, float], int | None]:
+    """`raise_if_nonfinite`'s step_of for a torchdiffeq solve of `steps` fixed steps: `_step_of` of the final count
+    score.nfe, read when a non-finite evaluation is named; None for an adaptive method (steps=None), whose rejected
+    steps and initial-step probe evaluate too.
+
+    position(t): a reported time's distance from the grid's start in steps, raised by a bound on its rounding; the
+    time rule of the Adams methods, whose count varies from step to step, takes its floor.
+    """
+    if method in ADAPTIVE_METHODS or not steps:
+        return lambda k, t: None
+    uniform = method not in _VARYING_COUNT
+    return lambda k, t: _step_of(score.nfe, steps, position, uniform=uniform)(k, t)
+
+
+def time_rounding(dtype: torch.dtype, *times: float) -> float:
+    """A bound on the rounding of a time of the given magnitudes in dtype: eps times the largest |time|, twice the
+    error of torchdiffeq's cast of the solver's float64 time to the state's dtype (up to eps / 2 of |t|: 3e-8 just
+    below t = 1 in float32, where the bound, 1.2e-7, is a hundredth of a step at 1e5 steps on [0, 1]); the float64
+    sums of the rule get 1e-6 step on top."""
+    return torch.finfo(dtype).eps * max(abs(v) for v in times)
 
 
 def odeint_naming_nonfinite(

@@ -36,7 +36,9 @@ from ._checks import (
     check_not_half,
 )
 from ._score import CheckedScore, NonFiniteError
-from .flow import ADAPTIVE_METHODS, DEFAULT_METHOD, ProbabilityFlowODE, odeint_naming_nonfinite, solver_options
+from .flow import (
+    DEFAULT_METHOD, ProbabilityFlowODE, fixed_step_of, odeint_naming_nonfinite, solver_options, time_rounding,
+)
 from .sde import SDE, ScoreFn, VPSDE
 
 __all__ = [
@@ -471,11 +473,16 @@ def log_likelihood(
     taus = torch.tensor([tau0, tau1], dtype=torch.float64, device=x.device)
     state0 = (w0, torch.zeros(B, dtype=x.dtype, device=x.device))
 
-    def step_of(k: int, t: float) -> int | None:
-        if method in ADAPTIVE_METHODS:
-            return None  # not counted: rejected steps and the initial-step probe evaluate too
-        h = (tau1 - tau0) / steps
-        return min(int(abs(tv.tau(sde, min(max(t, eps), sde.T)) - tau0) / abs(h) + 1e-6), steps - 1)
+    def position(t: float) -> float:
+        # the Adams methods' time rule, in tau: the reported t is the solver's tau cast to x's dtype, mapped to t
+        # and cast again, each cast moving tau by up to eps / 2 of |tau| (the second through dtau/dt)
+        t = min(max(t, eps), sde.T)
+        tau = tv.tau(sde, t)
+        e = torch.finfo(x.dtype).eps
+        slack = time_rounding(x.dtype, tau0, tau1) + abs(tv.tau(sde, min(max(t * (1 + e), eps), sde.T)) - tau)
+        return (abs(tau - tau0) + slack) / (abs(tau1 - tau0) / steps) + 1e-6
+
+    step_of = fixed_step_of(score, method, steps, position)
 
     nonfinite = ("log_likelihood: delta_logp (the integrated divergence) became non-finite although every score was "
                  "finite; check score_fn's gradient (torch.where with a NaN or inf branch is a common cause).")

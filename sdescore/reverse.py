@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Callable
 
 import torch
 import torchsde
 from torch import Tensor
 
 from ._checks import check_bool, check_data, check_eps, check_generator, check_int
-from ._score import CheckedScore, SampleResult
-from .sde import SDE, ScoreFn
+from ._score import CheckedScore, SampleResult, _round_result, _step_of
+from .sde import SDE, ScoreFn, work_dtype
 
 __all__ = ["ReverseSDE", "IncrementBrownian", "SDE_METHODS"]
 
@@ -41,11 +40,18 @@ SDE_METHODS: dict[str, tuple[str, str]] = {
 class IncrementBrownian(torchsde.BaseBrownian):
     """Brownian motion that draws each queried increment directly: W(tb) - W(ta) ~ N(0, (tb - ta) I).
 
-    For fixed-step solvers that query each step's interval once, in order. Costs one `randn` per step,
-    where torchsde's BrownianInterval walks a binary tree of seeds. With `levy_area='space-time'` it also
-    draws the space-time Lévy area H ~ N(0, h/12 I), independent of W, and returns U = h (W/2 + H) as
-    torchsde's SRK expects. Use torchsde.BrownianInterval instead when the same path is needed at several
-    step sizes (convergence studies): this one has no memory.
+    For fixed-step solvers that query each step's interval once, in order (every method of SDE_METHODS but
+    'log_ode' under `torchsde.sdeint`). Costs one `randn` per step, where torchsde's BrownianInterval walks a
+    binary tree of seeds. With `levy_area='space-time'` it also draws the space-time Lévy area H ~ N(0, h/12 I),
+    independent of W, and returns U = h (W/2 + H) as torchsde's SRK expects.
+
+    It keeps no path, so it answers each interval once, forward in time: increments of disjoint intervals are
+    independent, but a second query of an interval (an adaptive solver's rejected step, or the backward solve of
+    `torchsde.sdeint_adjoint`, which walks the same intervals again from the end) would get fresh noise instead
+    of the increment of the same path, silently (adjoint gradients off by 44 % in a test). Such a query, one that
+    starts before the end of the last interval answered, raises a ValueError. Use torchsde.BrownianInterval for
+    adaptive steps, sdeint_adjoint, and wherever the same path is needed at several step sizes (convergence
+    studies). One object serves one solve.
     """
 
     def __init__(
@@ -63,6 +69,7 @@ class IncrementBrownian(torchsde.BaseBrownian):
         self._device = torch.device(device)
         self._generator = generator
         self._levy = levy_area
+        self._answered = -math.inf  # the end of the last interval answered
 
     def _randn(self, scale: float) -> Tensor:
         return scale * torch.randn(self._size, generator=self._generator, dtype=self._dtype, device=self._device)
@@ -70,7 +77,21 @@ class IncrementBrownian(torchsde.BaseBrownian):
     def __call__(self, ta, tb=None, return_U: bool = False, return_A: bool = False):
         if tb is None or return_A:
             raise ValueError("IncrementBrownian answers increments W(tb) - W(ta) only; use torchsde.BrownianInterval.")
-        h = float(tb) - float(ta)
+        ta, tb = float(ta), float(tb)
+        if tb < ta:
+            raise ValueError(
+                f"IncrementBrownian answers W(tb) - W(ta) for ta <= tb, forward in time; got ta={ta}, tb={tb}."
+            )
+        if ta < self._answered:
+            raise ValueError(
+                f"IncrementBrownian was asked for W({tb}) - W({ta}), an interval that starts before the end "
+                f"{self._answered} of the last one answered: it keeps no path and answers each interval once, forward "
+                "in time (a fixed-step torchsde.sdeint), so a second query would get fresh noise. For adaptive steps, "
+                "torchsde.sdeint_adjoint or a path queried again, use torchsde.BrownianInterval; for a new solve, a "
+                "new IncrementBrownian."
+            )
+        self._answered = tb
+        h = tb - ta
         W = self._randn(math.sqrt(h))
         if not return_U:
             return W
@@ -99,13 +120,17 @@ class IncrementBrownian(torchsde.BaseBrownian):
 
 
 def _check_bm(bm: object, shape: tuple[int, ...], dtype: torch.dtype, s_end: float) -> None:
-    """bm: a torchsde Brownian motion of the flattened state's shape and dtype covering the solver times [0, s_end]."""
+    """bm: a torchsde Brownian motion of the flattened state's shape and working dtype covering the solver times
+    [0, s_end]."""
     if not isinstance(bm, torchsde.BaseBrownian):
         raise TypeError(f"bm must be a torchsde Brownian motion (e.g. torchsde.BrownianInterval) or None, got {type(bm).__name__}.")
     if tuple(bm.shape) != shape:
         raise ValueError(f"bm must have the shape (B, D) = {shape} of the flattened state, got {tuple(bm.shape)}.")
     if getattr(bm, "dtype", dtype) != dtype:  # a float32 path under a float64 state would round every increment
-        raise TypeError(f"bm must have the state's dtype {dtype}, got {bm.dtype}; create it with dtype={dtype}.")
+        raise TypeError(
+            f"bm must have the state's dtype {dtype}, got {bm.dtype}; create it with dtype={dtype} (the solve runs in "
+            "x_T's dtype, in float32 for a half-precision x_T)."
+        )
     # BrownianInterval keeps its interval in private attributes; outside it torchsde only warns and clamps
     start, end = getattr(bm, "_start", None), getattr(bm, "_end", None)
     if start is not None and end is not None and (start > 0.0 or end < s_end * (1 - 1e-12)):
@@ -239,6 +264,10 @@ class ReverseSDE:
         Returns a SampleResult with x shaped like x_T and nfe the score evaluations made. `bm` overrides the
         Brownian motion (a torchsde.BrownianInterval of shape (B, D) on solver times [0, T - eps], for
         convergence studies on one path); by default increments are drawn from `generator` (not both).
+
+        A half-precision x_T is integrated in float32 (`work_dtype`: the state, the Brownian increments, the drift
+        g^2 s - f, which exceeds float16's range for the VE-SDE's usual sigma_max although state and step fit) with
+        the score called at x and t in x_T's dtype; the result is rounded to x_T's dtype once, at the end.
         """
         x_T = check_data("x_T", x_T)
         steps = check_int("steps", steps, minimum=1)
@@ -250,7 +279,7 @@ class ReverseSDE:
             raise ValueError("pass generator= or bm=, not both: the increments come from bm when it is given.")
         sde_type, levy = SDE_METHODS[method]
         B = x_T.shape[0]
-        y0 = x_T.reshape(B, -1)
+        y0 = x_T.reshape(B, -1).to(work_dtype(x_T))
         s_end = self.sde.T - eps
         if bm is not None:
             _check_bm(bm, tuple(y0.shape), y0.dtype, s_end)
@@ -264,9 +293,8 @@ class ReverseSDE:
                 )
             else:
                 bm = IncrementBrownian(tuple(y0.shape), y0.dtype, y0.device, generator, levy_area=levy)
-        bound = ReverseSDE(
-            self.sde, CheckedScore(self.score_fn), self.probability_flow, event_shape=x_T.shape[1:], sde_type=sde_type
-        )
+        score = CheckedScore(self.score_fn, dtype=x_T.dtype)
+        bound = ReverseSDE(self.sde, score, self.probability_flow, event_shape=x_T.shape[1:], sde_type=sde_type)
         bound._memo = deque(maxlen=4 if method == "srk" else 1)
         ts = torch.tensor([0.0, s_end], dtype=torch.float64)
         # torchsde steps by accumulating dt in floating point; a step a hair longer than (s_end / steps)
@@ -274,24 +302,10 @@ class ReverseSDE:
         dt = s_end / steps * (1.0 + 1e-9)
         ys = torchsde.sdeint(bound, y0, ts, bm=bm, method=method, dt=dt)
         x = ys[-1].reshape(x_T.shape)
-        step_of = _step_of(bound._score.nfe, steps, s_end / steps, self.sde.T)
-
-        bound._score.raise_if_nonfinite(x, f"ReverseSDE.sample(method={method!r})", step_of)
-        return SampleResult(x=x, nfe=bound._score.nfe)
-
-
-def _step_of(nfe: int, steps: int, h: float, T: float) -> Callable[[int, float], int]:
-    """The step that made evaluation k at time t, for a solve of `steps` fixed steps of size h that made nfe.
-
-    A method that evaluates the drift the same number of times in every step (euler, milstein, euler_heun: once;
-    heun, midpoint, log_ode: twice; srk: four times, its repeats answered by the memo) made evaluation k in step
-    k // (nfe / steps), whatever its time: Heun's second evaluation lies at the end of its step, the time of the
-    next step's first. One evaluation more than steps is reversible Heun's (an evaluation at the start, then one
-    at each step's end): k in step max(k - 1, 0). Otherwise the step whose interval holds t.
-    """
-    if nfe % steps == 0:
-        per = nfe // steps
-        return lambda k, t: k // per
-    if nfe == steps + 1:
-        return lambda k, t: max(k - 1, 0)
-    return lambda k, t: min(int((T - t) / h + 1e-6), steps - 1)
+        # every method here makes the same number of evaluations in each step (reversible Heun: one more in all);
+        # the reported times are exact float64, so the time rule, kept for safety, needs no margin beyond 1e-6
+        h = s_end / steps
+        step_of = _step_of(score.nfe, steps, lambda t: (self.sde.T - t) / h + 1e-6)
+        where = f"ReverseSDE.sample(method={method!r})"
+        score.raise_if_nonfinite(x, where, step_of)
+        return SampleResult(x=_round_result(x, x_T.dtype, "x_T", where), nfe=score.nfe)

@@ -6,8 +6,9 @@ a `step` method and an `evals` count; strings name the built-in ones through the
 
 Precision: the time t is float64 and so are the SDE's coefficients; a step forms its coefficients (g^2 h, G_i^2,
 the posterior's b^2, the Langevin step size) in float64, meets the state in `work_dtype(x)` (float32 for a
-half-precision state, whose range g(t)^2 exceeds for the VE-SDE's usual sigma_max) and rounds the new state to x's
-dtype once. The score is called with t in x's dtype.
+half-precision state, whose range g(t)^2 exceeds for the VE-SDE's usual sigma_max), where it also forms the drift
+f(x, t) h or f_i (the VP's beta h x / 2 lies below a bfloat16 state's half ulp at small t: rounded alone, it was
+lost), and rounds the new state to x's dtype once. The score is called with t in x's dtype.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class EulerMaruyamaPredictor:
 
     def step(self, sde, score, x, t, h, generator):
         g = sde.g(t)
-        x_mean = x - sde.f(x, t) * h + wide_view(g * g * h, x) * score(x, t.to(x.dtype))
+        x_w = x.to(work_dtype(x))  # the VP's f h = beta h x / 2 is below a bfloat16 x's half ulp (t < 0.2, h = 1e-3)
+        x_mean = x_w - sde.f(x_w, t) * h + wide_view(g * g * h, x) * score(x, t.to(x.dtype))
         x_next = x_mean + wide_view(g * math.sqrt(h), x) * _randn_like(x, generator)
         return x_next.to(x.dtype), x_mean.to(x.dtype)
 
@@ -79,8 +81,9 @@ class ReverseDiffusionPredictor:
     evals = 1
 
     def step(self, sde, score, x, t, h, generator):
-        f_i, G_i = sde.discretize(x, t, dt=h)
-        x_mean = x - f_i + wide_view(G_i * G_i, x) * score(x, t.to(x.dtype))
+        x_w = x.to(work_dtype(x))  # f_i, as Euler–Maruyama's f h, is below a half-precision x's half ulp
+        f_i, G_i = sde.discretize(x_w, t, dt=h)
+        x_mean = x_w - f_i + wide_view(G_i * G_i, x) * score(x, t.to(x.dtype))
         x_next = x_mean + wide_view(G_i, x) * _randn_like(x, generator)
         return x_next.to(x.dtype), x_mean.to(x.dtype)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import math
+import sys
 from numbers import Integral
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -254,7 +255,15 @@ class VESDE(SDE):
         self.sigma_max = check_real("sigma_max", sigma_max, positive=True)
         if self.sigma_min >= self.sigma_max:
             raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
-        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+        ratio = self.sigma_max / self.sigma_min
+        if math.isinf(ratio):
+            # sigma(t) = sigma_min ratio^t would overflow on the way to sigma_max, and log(ratio) is inf
+            raise ValueError(
+                f"sigma_max / sigma_min must be a finite float64 (below {sys.float_info.max:.4g}), got "
+                f"sigma_min={sigma_min!r} and sigma_max={sigma_max!r}, whose ratio overflows: sigma(t) = sigma_min "
+                "(sigma_max / sigma_min)^t is formed from it; take noise levels that span fewer than 308 decades."
+            )
+        self._log_ratio = math.log(ratio)
 
     def __repr__(self) -> str:
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N})"

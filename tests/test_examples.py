@@ -3,15 +3,22 @@ finite and meet bounds that a quick run holds with a wide margin (the figures me
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
+import re
+import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from sdescore.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -132,3 +139,210 @@ def test_an_example_exits_with_status_1_and_says_why_when_the_loss_diverges(tmp_
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAILED: FloatingPointError: the loss became" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ the command line
+# Refusals at parse time need no training: the example's main() runs in this process with `_common.start` replaced
+# by a stop, so a command line that parse accepts fails the test at once instead of training.
+
+
+class _Accepted(Exception):
+    """Raised where an example would start its run: parse accepted the command line."""
+
+
+def _example_module(name: str):
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def parse_only(name: str, args: list[str], monkeypatch, capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of examples/NAME.py ARGS, stopped before its run starts."""
+    module = _example_module(name)
+
+    def stop(cfg):
+        raise _Accepted(cfg)  # str(): the settings parse accepted
+
+    monkeypatch.setattr(module._common, "start", stop)
+    monkeypatch.setattr(sys, "argv", [f"examples/{name}.py", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "name, args, message",
+    [
+        ("toy_2d", ["--n-samples", "1"], "argument --n-samples: must be an integer >= 2 (the energy distance"),
+        ("toy_2d", ["--n-samples", "-5"], "argument --n-samples: must be an integer >= 2"),
+        ("ncsn_ve", ["--n-samples", "0"], "argument --n-samples: must be an integer >= 2"),
+        ("vp_bits_per_dim", ["--n-samples", "1"], "argument --n-samples: must be an integer >= 2"),
+        ("vp_bits_per_dim", ["--n-bpd", "0"], "argument --n-bpd: must be an integer >= 1, got 0"),
+        ("ncsn_ve", ["--n-steps-each", "0"], "argument --n-steps-each: must be an integer >= 1, got 0"),
+        ("ncsn_ve", ["--step-lr", "0"], "argument --step-lr: must be a finite number > 0, got 0"),
+        ("ncsn_ve", ["--step-lr=-1e-5"], "argument --step-lr: must be a finite number > 0, got -1e-5"),
+        ("toy_2d", ["--steps", "0"], "argument --steps: must be an integer >= 1, got 0"),
+        ("toy_2d", ["--batch-size", "-1"], "argument --batch-size: must be an integer >= 1, got -1"),
+        ("toy_2d", ["--lr", "nan"], "argument --lr: must be a finite number > 0, got nan"),
+        ("toy_2d", ["--checkpoint-every", "0"], "argument --checkpoint-every: must be an integer >= 1, got 0"),
+        ("toy_2d", ["--threads", "0"], "argument --threads: must be an integer >= 1, got 0"),
+        ("toy_2d", ["--seed", "-1"], "argument --seed: must be an integer in [0, 2**63), got -1"),
+        ("toy_2d", ["--seed", str(2**63)], f"argument --seed: must be an integer in [0, 2**63), got {2**63}"),
+    ],
+)
+def test_examples_refuse_bad_flag_values_before_the_run_naming_the_flag(name, args, message, monkeypatch, capsys):
+    status, _, err = parse_only(name, ["--quick", *args], monkeypatch, capsys)
+    assert status == 2 and message in err, err
+
+
+def test_examples_accept_the_edges_of_the_flag_ranges(monkeypatch, capsys):
+    args = ["--quick", "--n-samples", "2", "--seed", str(2**63 - 1), "--steps", "1", "--lr", "1e-30"]
+    with pytest.raises(_Accepted):
+        parse_only("toy_2d", args, monkeypatch, capsys)
+
+
+def test_examples_refuse_an_out_that_names_a_file(tmp_path, monkeypatch, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    status, _, err = parse_only("toy_2d", ["--quick", "--out", str(afile)], monkeypatch, capsys)
+    assert status == 2 and f"--out must name a folder, but {afile} is a file" in err, err
+    status, _, err = parse_only("ncsn_ve", ["--quick", "--out", str(afile / "sub")], monkeypatch, capsys)
+    assert status == 2 and f"--out must name a folder, but {afile} (which {afile / 'sub'} lies under) is a file" in err
+
+
+def _help_entries(text: str) -> dict[str, str]:
+    """The option entries of an argparse --help: first flag -> its help, whitespace collapsed."""
+    entries: dict[str, str] = {}
+    flag = None
+    for line in text.split("\n\n", 2)[2].splitlines():  # after the usage and the description
+        match = re.match(r"  (--?[\w-]+)", line)
+        if match:
+            flag = match.group(1)
+            entries[flag] = ""
+        elif not line.startswith("    ") and flag is not None and not line.startswith("  "):
+            flag = None
+        if flag is not None:
+            entries[flag] = " ".join((entries[flag] + " " + line).split())
+    return entries
+
+
+@pytest.mark.parametrize("name", ["toy_2d", "ncsn_ve", "vp_bits_per_dim"])
+def test_help_lists_every_presets_values_from_its_table_and_sends_their_defaults_there(name, monkeypatch, capsys):
+    presets = _example_module(name).PRESETS
+    status, text, _ = parse_only(name, ["--help"], monkeypatch, capsys)
+    assert status == 0
+    options, _, epilog = text.partition("presets (--quick is --preset quick")
+    assert epilog, "no table of the presets in --help"
+    entries = _help_entries(options)
+    keys = {key for preset in presets.values() for key in preset}
+    flagged = {key for key in keys if f"--{key.replace('_', '-')}" in entries}
+    assert {"steps", "batch_size", "lr", "n_samples", "checkpoint_every"} <= flagged
+    for key in flagged:
+        help_text = entries[f"--{key.replace('_', '-')}"]
+        assert "(default: from the preset" in help_text, (key, help_text)
+    assert "default digits" not in text  # --dataset's default is the preset's: cifar10 under cifar10-paper
+    # each preset's block: its flags with their values, then its other settings as key=value
+    blocks = re.split(r"\n  ([\w-]+):\n", "\n" + epilog.split(":", 1)[1])
+    table = dict(zip(blocks[1::2], (" ".join(b.split()) for b in blocks[2::2])))
+    assert list(table) == list(presets)
+    for preset, values in presets.items():
+        for key, value in values.items():
+            flag = f"--{key.replace('_', '-')}"
+            pattern = rf"(^| ){re.escape(f'{flag} {value}')}( |$)" if key in flagged else rf"(^| ){re.escape(key)}="
+            assert re.search(pattern, table[preset]), (preset, key, value, table[preset])
+
+
+def test_toy_2d_writes_each_sde_to_its_own_default_folder(monkeypatch, capsys):
+    for sde in ("vp", "ve"):
+        with pytest.raises(_Accepted) as accepted:
+            parse_only("toy_2d", ["--quick", "--sde", sde], monkeypatch, capsys)
+        assert accepted.value.args[0].out == Path("out") / f"toy_2d_{sde}"
+
+
+# ------------------------------------------------------------------------------------------ --resume
+def run_until_checkpoint(name: str, out: Path, step: int, *args: str) -> str:
+    """Run examples/NAME.py --quick --no-progress --out OUT ARGS until OUT/checkpoint.pt holds `step`, then stop it
+    (the evaluation after training is not needed); return its stdout."""
+    cmd = [sys.executable, str(EXAMPLES / f"{name}.py"), "--quick", "--no-progress", "--out", str(out), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint, deadline = out / "checkpoint.pt", time.monotonic() + 300
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if checkpoint.is_file() and load_checkpoint(checkpoint)["step"] == step:  # written atomically: whole
+                break
+            time.sleep(0.1)
+        else:
+            stdout, stderr = proc.communicate(timeout=60) if proc.poll() is not None else ("", "")
+            raise AssertionError(f"{' '.join(cmd)} wrote no checkpoint at step {step}\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    finally:
+        proc.kill()
+    return proc.communicate(timeout=60)[0]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """OUT of a VP toy_2d run of 20 steps (quick preset otherwise): its checkpoint and settings record."""
+    out = tmp_path_factory.mktemp("toy") / "vp20"
+    run_until_checkpoint("toy_2d", out, 20, "--steps", "20", "--checkpoint-every", "20")
+    return out
+
+
+@pytest.fixture
+def toy_out(toy_run, tmp_path) -> Path:
+    """A copy of toy_run's folder for one test."""
+    return Path(shutil.copytree(toy_run, tmp_path / "out"))
+
+
+@pytest.mark.parametrize(
+    "args, differences",
+    [
+        (["--quick", "--sde", "ve"], ["--sde vp (this run: ve)"]),
+        (["--quick", "--seed", "1"], ["--seed 0 (this run: 1)"]),
+        (["--quick", "--batch-size", "256"], ["--batch-size 512 (this run: 256)"]),
+        (  # the default preset's network
+            ["--preset", "default"],
+            ["depth 3 (this run: 4), set by the preset", "hidden 128 (this run: 256), set by the preset",
+             "n_train 20000 (this run: 100000), set by the preset"],
+        ),
+    ],
+    ids=["sde", "seed", "batch-size", "preset's network"],
+)
+def test_resume_refuses_a_checkpoint_of_other_settings_naming_them(toy_out, args, differences, monkeypatch, capsys):
+    cmd = [*args, "--steps", "40", "--resume", "--out", str(toy_out)]
+    status, _, err = parse_only("toy_2d", cmd, monkeypatch, capsys)
+    err = " ".join(err.split())
+    assert status == 2 and f"--resume: {toy_out / 'checkpoint.pt'} was trained with other settings: " in err, err
+    assert "; ".join(differences) + ". Pass them as they were to continue it" in err, err
+
+
+def test_resume_refuses_a_checkpoint_beyond_steps(toy_out, monkeypatch, capsys):
+    status, _, err = parse_only("toy_2d", ["--quick", "--steps", "10", "--resume", "--out", str(toy_out)], monkeypatch, capsys)
+    err = " ".join(err.split())
+    assert status == 2 and f"{toy_out / 'checkpoint.pt'} is at step 20, beyond --steps 10" in err, err
+    with pytest.raises(_Accepted):  # at --steps 20 the checkpoint is taken as it is
+        parse_only("toy_2d", ["--quick", "--steps", "20", "--resume", "--out", str(toy_out)], monkeypatch, capsys)
+
+
+def test_resume_refuses_a_checkpoint_without_its_settings_record(toy_out, monkeypatch, capsys):
+    (toy_out / "checkpoint_settings.json").unlink()
+    status, _, err = parse_only("toy_2d", ["--quick", "--resume", "--out", str(toy_out)], monkeypatch, capsys)
+    err = " ".join(err.split())
+    assert status == 2 and f"{toy_out / 'checkpoint.pt'} has no checkpoint_settings.json beside it" in err, err
+
+
+def test_resume_with_the_same_settings_continues_the_checkpoint(toy_out):
+    before = load_checkpoint(toy_out / "checkpoint.pt")["losses"]
+    run_until_checkpoint("toy_2d", toy_out, 25, "--steps", "25", "--checkpoint-every", "25", "--resume")
+    after = load_checkpoint(toy_out / "checkpoint.pt")["losses"]
+    assert after.shape == (25,) and torch.equal(after[:20], before)  # the first 20 steps are the checkpoint's
+
+
+def test_a_run_without_resume_replaces_the_checkpoint_and_its_settings_record(toy_out):
+    stdout = run_until_checkpoint("toy_2d", toy_out, 5, "--sde", "ve", "--steps", "5", "--checkpoint-every", "5")
+    assert f"removed the earlier run's {toy_out / 'checkpoint.pt'} (no --resume)" in stdout
+    record = json.loads((toy_out / "checkpoint_settings.json").read_text())
+    assert record == {
+        "example": "toy_2d",
+        "settings": {"seed": 0, "batch_size": 512, "sde": "ve", "hidden": 128, "depth": 3, "n_train": 20000},
+    }

@@ -3,6 +3,7 @@ conditioning, state dicts under weights_only, speed of the defaults, and the inp
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
@@ -119,6 +120,104 @@ def test_embeddings_reject_odd_dim(make):
 def test_embeddings_reject_bad_times(t, error):
     with pytest.raises(error, match="t must"):
         SinusoidalEmbedding(8)(t)
+
+
+# Half precision: (module in dtype, float64 features of the same (t, W)); t and W exactly representable in dtype
+# where the module holds them, so the only rounding left to the module is that of its result.
+def _fourier(log_input: bool):
+    emb = GaussianFourierProjection(64, log_input=log_input, generator=torch.Generator().manual_seed(0))
+    W = emb.W.double()  # float32 frequencies: the half-precision module must keep these values
+
+    def exact(t):
+        s = torch.log(t) if log_input else t
+        return torch.cat([torch.sin(2 * math.pi * s[:, None] * W), torch.cos(2 * math.pi * s[:, None] * W)], 1)
+
+    return emb, exact, float(2 * math.pi * W.abs().max())
+
+
+def _sinusoidal(log_input: bool):
+    emb = SinusoidalEmbedding(64, log_input=log_input)
+    w = 10000.0 ** (-torch.arange(32, dtype=torch.float64) / 31)
+
+    def exact(t):
+        s = 1000.0 * (torch.log(t) if log_input else t)
+        return torch.cat([torch.sin(s[:, None] * w), torch.cos(s[:, None] * w)], 1)
+
+    return emb, exact, 1000.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "make, log_input",
+    [(_sinusoidal, False), (_fourier, False), (_sinusoidal, True), (_fourier, True)],
+    ids=["sinusoidal", "fourier", "sinusoidal(log sigma)", "fourier(log sigma)"],
+)
+def test_half_precision_embedding_is_float64_features_rounded_once(dtype, make, log_input):
+    emb, exact, scale = make(log_input)
+    W = getattr(emb, "W", None)
+    emb = copy.deepcopy(emb).to(dtype)  # a half-precision module, as model.half() / model.bfloat16() makes it
+    if W is not None:
+        assert emb.W.dtype == torch.float32 and torch.equal(emb.W, W), "the frequencies were rounded to half"
+    t = (torch.logspace(-2, math.log10(50), 64) if log_input else torch.linspace(0.01, 1.0, 64)).to(dtype)
+    f64 = exact(t.double())
+    f32 = emb(t.float()).double()
+    low = emb(t)
+    assert low.dtype == dtype
+    # The float32 features: arguments |a| <= A = scale * max|s| formed by a few float32 roundings, |da| <= 8 A 2^-24,
+    # and sin, cos are 1-Lipschitz.
+    A = scale * float((torch.log(t.double()) if log_input else t.double()).abs().max())
+    assert float((f32 - f64).abs().max()) <= 8 * A * 2.0**-24
+    # One rounding of those to dtype: at most u |f32| (u = eps / 2, the unit roundoff), or half a subnormal's
+    # spacing below the normal range. The old module formed the arguments in dtype: errors of 0.09 to 1.7.
+    info = torch.finfo(dtype)
+    bound = info.eps / 2 * f32.abs() + info.smallest_normal * info.eps / 2 + (f32 - f64).abs()
+    err = (low.double() - f64).abs()
+    assert bool((err <= bound).all()), f"max error {float(err.max()):.3g} beyond one rounding ({float(bound.max()):.3g})"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize(
+    "make, x",
+    [
+        (lambda: ScoreMLP(2, hidden=8, depth=1), torch.randn(4, 2)),
+        (lambda: ScoreMLP(2, hidden=8, depth=1, embedding="sinusoidal"), torch.randn(4, 2)),
+        (lambda: DDPMUNet(1, base_channels=16), torch.randn(4, 1, 8, 8)),
+        (lambda: NCSNUNet(1, base_channels=16), torch.randn(4, 1, 8, 8)),
+    ],
+    ids=["ScoreMLP(fourier)", "ScoreMLP(sinusoidal)", "DDPMUNet", "NCSNUNet(log sigma)"],
+)
+def test_half_precision_network_embeds_t_in_float32_and_rounds_the_features_once(dtype, make, x):
+    net32 = make().eval()
+    net = copy.deepcopy(net32).to(dtype)
+    seen = []
+    net.embed[1].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    t = torch.tensor([0.013, 0.25, 0.6071, 0.99])  # float32, not representable in dtype
+    with torch.no_grad():
+        net(x.to(dtype), t)
+        expected = net32.embed[0](t).to(dtype)  # the float32 network's features, rounded once
+    assert seen[0].dtype == dtype and torch.equal(seen[0], expected)
+
+
+@pytest.mark.parametrize(
+    "make, error, match",
+    [
+        (lambda: ScoreMLP(2, embedding_dim=3), ValueError, r"embedding_dim must be even and >= 2 .*got 3"),
+        (lambda: ScoreMLP(2, embedding_dim=2, embedding="sinusoidal"), ValueError, r"embedding_dim must be even and >= 4"),
+        (lambda: DDPMUNet(1, embedding_dim=2), ValueError, r"embedding_dim must be even and >= 4 .*got 2"),
+        (lambda: DDPMUNet(1, base_channels=2, num_groups=1), ValueError, r"embedding_dim \(default: base_channels = 2\)"),
+        (lambda: ScoreMLP(2, fourier_scale=0), ValueError, r"fourier_scale must be > 0"),
+        (lambda: NCSNUNet(1, fourier_scale=-1.0), ValueError, r"fourier_scale must be > 0"),
+        (lambda: NCSNUNet(1, scale_by_sigma="no"), TypeError, r"scale_by_sigma must be True or False, got str 'no'"),
+        (lambda: NCSNUNet(1, mid_attention="no"), TypeError, r"mid_attention must be True or False"),
+        (lambda: DDPMUNet(1, mid_attention=0), TypeError, r"mid_attention must be True or False"),
+        (lambda: ScoreMLP(2, log_input="no"), TypeError, r"log_input must be True or False"),
+        (lambda: GaussianFourierProjection(8, log_input="yes"), TypeError, r"log_input must be True or False"),
+        (lambda: SinusoidalEmbedding(8, log_input=1), TypeError, r"log_input must be True or False"),
+    ],
+)
+def test_network_arguments_are_checked_under_their_own_names(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
 
 
 # ------------------------------------------------------------------------------------------ MLP

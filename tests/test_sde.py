@@ -168,6 +168,9 @@ def test_perturb_applies_the_given_noise(sde):
         (lambda: sds.VESDE(sigma_min=1.0, sigma_max=1.0), "sigma_min must be < sigma_max"),
         (lambda: sds.VESDE(sigma_min=-1.0), "sigma_min must be > 0"),
         (lambda: sds.VESDE(sigma_max=float("nan")), "sigma_max must be finite"),
+        # sigma_min (sigma_max / sigma_min)^t overflowed: sigma(t) was inf (log(ratio) = inf) on the way to 1e200
+        (lambda: sds.VESDE(sigma_min=1e-200, sigma_max=1e200), r"sigma_max / sigma_min must be a finite float64 .* "
+         r"sigma_min=1e-200 and sigma_max=1e\+200, whose ratio overflows"),
         (lambda: sds.VPSDE(beta_min=-0.1), "beta_min must be >= 0"),
         (lambda: sds.SubVPSDE(beta_min=2.0, beta_max=1.0), "beta_min <= beta_max"),
         (lambda: sds.VPSDE(N=0), "N must be >= 1"),
@@ -176,6 +179,16 @@ def test_perturb_applies_the_given_noise(sde):
 def test_invalid_parameters_are_rejected(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_ve_sde_of_a_ratio_near_float64s_limit_is_finite_and_geometric():
+    """sigma_max / sigma_min = 1e307 is finite: sigma(t) = sigma_min 1e307^t reaches sigma_max without overflow, to
+    the rounding of exp(t log ratio) (about |log ratio| eps = 2e-13 relative), and g(t) = sigma(t) sqrt(2 log ratio)
+    stays finite."""
+    sde = sds.VESDE(sigma_min=1e-7, sigma_max=1e300)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    np.testing.assert_allclose(sde.sigma(t).numpy(), [1e-7, math.sqrt(1e293), 1e300], rtol=1e-12)
+    assert bool(torch.isfinite(sde.g(t)).all())
 
 
 @pytest.mark.parametrize("bad", [True, 2.5, "10"])

@@ -79,6 +79,17 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
               seed=problem.SEED, checkpoint_path=ckpt, progress=False)
 
 
+def test_resume_refuses_a_checkpoint_beyond_n_steps_and_takes_one_at_n_steps_as_it_is(tmp_path):
+    ckpt = tmp_path / "ckpt.pt"
+    done = problem.run(str(ckpt), 6)
+    with pytest.raises(ValueError, match=r"ckpt\.pt is at step 6, beyond n_steps=4.*n_steps >= 6.*resume=False"):
+        problem.run(str(ckpt), 4)
+    assert load_checkpoint(ckpt)["step"] == 6  # the refusal left the checkpoint as it was
+    same = problem.run(str(ckpt), 6)  # a finished run: no step taken, the checkpoint's model and history
+    assert same.step == 6 and same.losses == done.losses
+    assert _state_equal(same.model.state_dict(), done.model.state_dict())
+
+
 def test_resume_trains_at_the_lr_betas_and_weight_decay_of_the_call(tmp_path):
     ckpt = tmp_path / "ckpt.pt"
     problem.run(str(ckpt), 3)  # lr 1e-2, warm-up 4, Adam's default betas, no weight decay

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .._checks import check_int, check_real
-from .embeddings import check_conditioning, check_input_dtype, make_embedding
+from .embeddings import check_conditioning, check_input_dtype, embed_conditioning, make_embedding
 
 __all__ = ["ScoreMLP"]
 
@@ -32,8 +32,9 @@ class ScoreMLP(nn.Module):
         depth: number of residual hidden layers (>= 1).
         embedding_dim: features of the time embedding.
         embedding: "fourier" (GaussianFourierProjection), "sinusoidal" (SinusoidalEmbedding) or a module
-            with attribute `dim` (its number of output features); a module receives t, or log(t) with
-            log_input=True.
+            with attribute `dim` (its number of output features); a module receives t (in the network's dtype),
+            or log(t) with log_input=True. A built-in embedding is computed in float32 whatever the network's
+            dtype, its features rounded once to that dtype.
         fourier_scale: scale of the Fourier features (for embedding="fourier").
         log_input: condition on log(t) (for a noise level sigma > 0); applies to a custom embedding module too.
         dropout: dropout probability inside the residual layers.
@@ -61,6 +62,7 @@ class ScoreMLP(nn.Module):
         if dropout >= 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
         embed = make_embedding(embedding, embedding_dim, log_input=log_input, fourier_scale=fourier_scale)
+        self._builtin_embedding = not isinstance(embedding, nn.Module)
         self.embed = nn.Sequential(embed, nn.Linear(embed.dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.input = nn.Linear(self.dim, hidden)
         self.layers = nn.ModuleList(
@@ -71,7 +73,7 @@ class ScoreMLP(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         x = check_vectors(x, self.dim, self.input.weight)
         t = check_conditioning(t, x.shape[0])
-        h = self.input(x) + self.embed(t.to(x.dtype))
+        h = self.input(x) + embed_conditioning(self.embed, t, x.dtype, builtin=self._builtin_embedding)
         for layer in self.layers:
             h = h + layer(h)
         return self.output(h)

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_int, check_real
-from .embeddings import check_conditioning, check_input_dtype, make_embedding
+from .._checks import check_bool, check_int, check_real
+from .embeddings import check_conditioning, check_input_dtype, embed_conditioning, make_embedding
 
 __all__ = ["NCSNUNet", "DDPMUNet"]
 
@@ -107,8 +107,10 @@ class _UNet(nn.Module):
         dropout: float,
         num_groups: int,
         embedding: nn.Module,
+        builtin_embedding: bool,
     ):
         super().__init__()
+        self._builtin_embedding = builtin_embedding  # embed_conditioning: t reaches a built-in embedding unrounded
         self.channels = check_int("channels", channels, minimum=1)
         base = check_int("base_channels", base_channels, minimum=1)
         num_res_blocks = check_int("num_res_blocks", num_res_blocks, minimum=1)
@@ -116,6 +118,7 @@ class _UNet(nn.Module):
         dropout = check_real("dropout", dropout, nonnegative=True)
         if dropout >= 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
+        mid_attention = check_bool("mid_attention", mid_attention)
         if isinstance(channel_mults, (str, bytes)) or not isinstance(channel_mults, Sequence) or not channel_mults:
             raise TypeError(f"channel_mults must be a non-empty sequence of positive ints, e.g. (1, 2, 2), got {channel_mults!r}.")
         mults = [check_int(f"channel_mults[{i}]", m, minimum=1) for i, m in enumerate(channel_mults)]
@@ -191,7 +194,7 @@ class _UNet(nn.Module):
         return check_input_dtype(x, self.conv_in.weight)
 
     def backbone(self, x: Tensor, t: Tensor) -> Tensor:
-        temb = self.embed(t.to(x.dtype))
+        temb = embed_conditioning(self.embed, t, x.dtype, builtin=self._builtin_embedding)
         h = self.conv_in(x)
         hs = [h]
         for level in self.down:
@@ -208,6 +211,18 @@ class _UNet(nn.Module):
             if level.resample is not None:
                 h = level.resample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def _embedding(
+    embedding: str | nn.Module, embedding_dim: int | None, base_channels: int, *, log_input: bool, fourier_scale: float
+) -> nn.Module:
+    """make_embedding with the U-Nets' default embedding_dim, base_channels, named as such where it is at fault."""
+    base = check_int("base_channels", base_channels, minimum=1)
+    if embedding_dim is None:
+        return make_embedding(embedding, base, log_input=log_input, fourier_scale=fourier_scale,
+                              dim_name=f"embedding_dim (default: base_channels = {base})")
+    return make_embedding(embedding, check_int("embedding_dim", embedding_dim, minimum=2), log_input=log_input,
+                          fourier_scale=fourier_scale)
 
 
 class NCSNUNet(_UNet):
@@ -228,8 +243,10 @@ class NCSNUNet(_UNet):
         dropout: dropout probability in the residual blocks.
         num_groups: GroupNorm groups; every level's channel count must be divisible by it.
         embedding: "fourier" or "sinusoidal", or a module with attribute `dim` (its number of output
-            features); either receives log(sigma), checked > 0.
-        embedding_dim: features of the noise embedding.
+            features); either receives log(sigma), checked > 0. A built-in embedding is computed in float32
+            whatever the network's dtype, its features rounded once to that dtype; a module receives log(sigma)
+            in the network's dtype.
+        embedding_dim: features of the noise embedding (default base_channels).
         fourier_scale: scale of the Fourier features.
         scale_by_sigma: divide the output by sigma (NCSNv2).
     Shapes: forward(x (B, C, H, W), sigma (B,)) -> score (B, C, H, W).
@@ -251,13 +268,12 @@ class NCSNUNet(_UNet):
         fourier_scale: float = 16.0,
         scale_by_sigma: bool = True,
     ):
-        base = check_int("base_channels", base_channels, minimum=1)
-        dim = base if embedding_dim is None else check_int("embedding_dim", embedding_dim, minimum=2)
-        embed = make_embedding(embedding, dim, log_input=True, fourier_scale=fourier_scale)
+        embed = _embedding(embedding, embedding_dim, base_channels, log_input=True, fourier_scale=fourier_scale)
         super().__init__(
-            channels, base, channel_mults, num_res_blocks, attention_levels, mid_attention, dropout, num_groups, embed
+            channels, base_channels, channel_mults, num_res_blocks, attention_levels, mid_attention, dropout,
+            num_groups, embed, not isinstance(embedding, nn.Module),
         )
-        self.scale_by_sigma = bool(scale_by_sigma)
+        self.scale_by_sigma = check_bool("scale_by_sigma", scale_by_sigma)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         x = self.check_images(x)
@@ -284,8 +300,10 @@ class DDPMUNet(_UNet):
         mid_attention: self-attention between the two residual blocks at the lowest resolution.
         dropout: dropout probability in the residual blocks (DDPM: 0.1 on CIFAR-10).
         num_groups: GroupNorm groups (DDPM: 32); every level's channel count must be divisible by it.
-        embedding: "sinusoidal" or "fourier", or a module with attribute `dim`; it receives t.
-        embedding_dim: features of the time embedding.
+        embedding: "sinusoidal" or "fourier", or a module with attribute `dim`; it receives t. A built-in
+            embedding is computed in float32 whatever the network's dtype, its features rounded once to that
+            dtype; a module receives t in the network's dtype.
+        embedding_dim: features of the time embedding (default base_channels).
         fourier_scale: scale of the Fourier features (for embedding="fourier").
     Shapes: forward(x (B, C, H, W), t (B,)) -> eps (B, C, H, W).
     """
@@ -305,11 +323,10 @@ class DDPMUNet(_UNet):
         embedding_dim: int | None = None,
         fourier_scale: float = 16.0,
     ):
-        base = check_int("base_channels", base_channels, minimum=1)
-        dim = base if embedding_dim is None else check_int("embedding_dim", embedding_dim, minimum=2)
-        embed = make_embedding(embedding, dim, log_input=False, fourier_scale=fourier_scale)
+        embed = _embedding(embedding, embedding_dim, base_channels, log_input=False, fourier_scale=fourier_scale)
         super().__init__(
-            channels, base, channel_mults, num_res_blocks, attention_levels, mid_attention, dropout, num_groups, embed
+            channels, base_channels, channel_mults, num_res_blocks, attention_levels, mid_attention, dropout,
+            num_groups, embed, not isinstance(embedding, nn.Module),
         )
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:

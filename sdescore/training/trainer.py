@@ -231,7 +231,7 @@ def train(
             EMA, Adam's moments, the step and the loss history of the checkpoint, and with the lr, warmup_steps,
             betas, weight_decay, grad_clip and ema_decay of this call (they may differ from the checkpoint's:
             rerun with a lower lr after a divergence). A checkpoint of another seed, batch_size or dataset
-            size is refused with a ValueError.
+            size, or at a step beyond n_steps, is refused with a ValueError.
         progress: show a tqdm bar with the loss and the throughput (rank 0 only).
         log_every: steps between updates of the progress bar and of the loss history's host copy.
         callback: called as callback(StepInfo) after every step, on every rank (forces a host sync per step).
@@ -304,6 +304,12 @@ def train(
                     f"checkpoint {checkpoint_path} was written with {key}={state.get(key)!r} but this run has "
                     f"{key}={want!r}; resuming would not continue that run. Use the same settings or resume=False."
                 )
+        if int(state["step"]) > n_steps:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} is at step {int(state['step'])}, beyond n_steps={n_steps}: resuming "
+                f"would return a model trained for more steps than asked. Pass n_steps >= {int(state['step'])} to "
+                "continue it (equal: take it as it is), or resume=False to train afresh."
+            )
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])  # Adam's moments and step counts
@@ -403,4 +409,4 @@ def train(
                 callback(StepInfo(step=done, loss=losses[-1], lr=lr_k, rank=rank))
     finally:
         bar.close()
-    return TrainResult(model=model, ema=ema.module.eval(), losses=losses, step=max(start, n_steps))
+    return TrainResult(model=model, ema=ema.module.eval(), losses=losses, step=n_steps)
