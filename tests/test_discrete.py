@@ -32,7 +32,7 @@ from sdescore.discrete import (
 from sdescore.losses import dsm_loss, ncsn_loss
 from validation import ncsn_toy, random_anisotropic, single_gaussian
 
-from _rounding import rounding_bound
+from _half import HALF, HALF_SDES, rounding_bound
 
 Z = 5.0
 F64 = torch.float64
@@ -581,12 +581,6 @@ def test_ncsn_from_score_rejects_levels_outside_the_sde(sde):
 
 
 # ---------------------------------------------------------------------------------------------- half precision
-HALF_SDES = {
-    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),
-    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),
-    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),  # alpha(1) = 4.4e-5 is subnormal in float16
-    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
-}
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
@@ -651,7 +645,6 @@ def test_ddpm_betas_refuse_beta_min_zero_and_say_why():
 
 
 # ------------------------------------------------------------------------- half-precision chains, step by step
-HALF = pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 
 
 def _share_noise(monkeypatch, dtype):

@@ -17,6 +17,8 @@ from scipy import integrate
 import sdescore as sds
 from sdescore.losses import WEIGHTINGS, dsm_loss, eps_loss, ism_loss, ncsn_loss, ssm_loss
 
+from _half import HALF_SDES
+
 Z = 5.0
 F64 = torch.float64
 
@@ -435,12 +437,6 @@ def test_sigmas_must_be_positive_finite_and_strictly_decreasing(values):
 
 
 # ---------------------------------------------------------------------------------------------- half precision
-HALF_SDES = {
-    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),
-    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),
-    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),  # g^2 / std^2 = 1e5 at t = 1e-5
-    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
-}
 HALF_LOSSES = [("dsm", w) for w in ("sigma2", "likelihood", "none", "likelihood-is")] + [("eps", None)]
 HALF_CASES = [(loss, w, name) for loss, w in HALF_LOSSES for name in HALF_SDES] + [
     ("ncsn", None, name) for name in HALF_SDES if name.startswith("VE")

@@ -8,6 +8,8 @@ import torch
 import sdescore as sds
 from validation import random_anisotropic
 
+from _half import HALF_SDES
+
 TARGET = random_anisotropic(d=3, n_modes=3, seed=1)
 
 
@@ -120,12 +122,6 @@ def test_converters_take_a_network_running_under_autocast():
 
 
 # ---------------------------------------------------------------------------------------------- half precision
-HALF_SDES = {
-    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),  # sigma_max / sigma_min > 65504
-    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),  # 1 / sigma_max^2 is subnormal in float16
-    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),  # alpha(1) = 4.4e-5 is subnormal in float16
-    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
-}
 
 
 def _gaussian_data(sde, dtype):

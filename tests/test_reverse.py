@@ -15,25 +15,12 @@ import torchsde
 import sdescore as sds
 from sdescore.reverse import SDE_METHODS
 
+from _half import HALF, HALF_SDES, gaussian_score
+
 EPS = 1e-3
 
-HALF_SDES = {
-    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),
-    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),
-    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
-}
-HALF = pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-
-
-def _gaussian_score(sde, seen=None):
-    """The exact score -x / (alpha^2 + std^2) of N(0, I) data, computed in float64 at (x, t) as given and returned in
-    x's dtype: an exact network of x's precision. `seen` collects the dtypes of the (x, t) it was called with."""
-    def score(x, t):
-        if seen is not None:
-            seen.add((x.dtype, t.dtype))
-        alpha, std = sde.kernel(t.double())
-        return (-x.double() / (alpha**2 + std**2)[:, None]).to(x.dtype)
-    return score
+# the VP-SDE's coefficients fit float16; these are the cases where the drift or velocity does not, and sub-VP's
+HALF_SDES = {name: HALF_SDES[name] for name in ("VE(1e-3,1000)", "VE(0.01,378)", "subVP")}
 
 
 class _TableBrownian(torchsde.BaseBrownian):
@@ -75,9 +62,9 @@ def test_reverse_sde_in_half_precision_integrates_in_float32_and_follows_the_flo
     x_T = (sde.prior_std * torch.randn(B, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).to(dtype)
     z = torch.randn(steps, B, D, generator=torch.Generator().manual_seed(1)).half()
     seen = set()
-    got = sde.reverse(_gaussian_score(sde, seen)).sample(x_T, steps=steps, method=method, eps=EPS,
+    got = sde.reverse(gaussian_score(sde, seen)).sample(x_T, steps=steps, method=method, eps=EPS,
                                                          bm=_TableBrownian(z, torch.float32))
-    want = sde.reverse(_gaussian_score(sde)).sample(x_T.double(), steps=steps, method=method, eps=EPS,
+    want = sde.reverse(gaussian_score(sde)).sample(x_T.double(), steps=steps, method=method, eps=EPS,
                                                     bm=_TableBrownian(z, torch.float64))
     assert got.x.dtype == dtype and seen == {(dtype, dtype)}
     assert got.nfe == want.nfe
@@ -100,7 +87,7 @@ def test_reverse_sde_in_half_precision_draws_the_float32_runs_noise_and_follows_
     x_T = (sde.prior_std * n).to(dtype)
 
     def run(x):
-        return sde.reverse(_gaussian_score(sde)).sample(x, steps=200, method=method, eps=EPS,
+        return sde.reverse(gaussian_score(sde)).sample(x, steps=200, method=method, eps=EPS,
                                                         generator=torch.Generator().manual_seed(1)).x
 
     got, want = run(x_T), run(x_T.float())
@@ -150,8 +137,8 @@ def test_probability_flow_in_half_precision_integrates_in_float32_and_follows_th
         x = n
     x = x.to(dtype)
     seen = set()
-    got = getattr(sde.probability_flow(_gaussian_score(sde, seen)), direction)(x, method=method, steps=50, eps=EPS)
-    want = getattr(sde.probability_flow(_gaussian_score(sde)), direction)(x.double(), method=method, steps=50, eps=EPS)
+    got = getattr(sde.probability_flow(gaussian_score(sde, seen)), direction)(x, method=method, steps=50, eps=EPS)
+    want = getattr(sde.probability_flow(gaussian_score(sde)), direction)(x.double(), method=method, steps=50, eps=EPS)
     assert got.x.dtype == dtype and seen == {(dtype, dtype)}
     assert got.nfe == want.nfe
     eps = torch.finfo(dtype).eps

@@ -14,7 +14,7 @@ import sdescore as sds
 from sdescore.reverse import SDE_METHODS, ReverseSDE
 from validation import GaussianMixture, single_gaussian
 
-from _rounding import rounding_bound
+from _half import HALF, HALF_SDES, gaussian_score, rounding_bound
 
 EPS = 1e-3
 TARGET = single_gaussian()  # 2-D, correlated covariance
@@ -501,24 +501,6 @@ def test_a_custom_methods_evaluation_count_is_checked_before_sampling():
 
 
 # ---------------------------------------------------------------------------------------------- half precision
-HALF_SDES = {
-    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),
-    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),  # g(1)^2 = 3e6 > 65504
-    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),
-    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
-}
-HALF = pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
-
-
-def _gaussian_score(sde):
-    """The exact score -x / (alpha^2 + std^2) of N(0, I) data, computed in float64 at (x, t) as given and returned in
-    x's dtype: an exact network of x's precision."""
-    def score(x, t):
-        alpha, std = sde.kernel(t.double())
-        return (-x.double() / (alpha**2 + std**2)[:, None]).to(x.dtype)
-    return score
-
-
 @HALF
 @pytest.mark.parametrize("name", list(HALF_SDES))
 @pytest.mark.parametrize("method", PREDICTORS + ["langevin"])
@@ -545,7 +527,7 @@ def test_one_step_in_half_precision_agrees_with_float64(name, dtype, method, mon
     t, h = torch.ones(B, dtype=torch.float64), 0.04
 
     def step(state):
-        score = CheckedScore(_gaussian_score(sde))
+        score = CheckedScore(gaussian_score(sde))
         if method == "langevin":
             return CORRECTORS["langevin"].step(sde, score, state, t, h, 1, 0.2, None)
         return REGISTRY[method].step(sde, score, state, t, h, None)
@@ -579,7 +561,7 @@ def test_pc_sample_in_half_precision_follows_the_float64_run(name, dtype, predic
             "sdescore.samplers._randn_like",
             lambda like, generator: torch.randn(like.shape, generator=noise, dtype=torch.float16).to(like.dtype),
         )
-        return sds.pc_sample(sde, _gaussian_score(sde), None, x_T=x, predictor=predictor, corrector="langevin",
+        return sds.pc_sample(sde, gaussian_score(sde), None, x_T=x, predictor=predictor, corrector="langevin",
                              steps=50).x
 
     got, want = run(x_T.to(dtype)), run(x_T.double())
@@ -626,7 +608,7 @@ def test_pc_sample_vp_in_half_precision_follows_the_float64_chain(dtype, predict
             "sdescore.samplers._randn_like",
             lambda like, generator: torch.randn(like.shape, generator=noise).to(dtype).to(like.dtype),
         )
-        runs.append(sds.pc_sample(sde, _gaussian_score(sde), None, x_T=x, predictor=predictor, corrector="none",
+        runs.append(sds.pc_sample(sde, gaussian_score(sde), None, x_T=x, predictor=predictor, corrector="none",
                                   steps=steps, eps=eps).x)
     got, want = runs
     assert got.dtype == dtype
@@ -644,7 +626,7 @@ def test_probability_flow_velocity_in_half_precision_agrees_with_float64(name, d
     exceeds float16's 65504: taken in x's dtype it was inf, and the velocity NaN. The velocity rounds s and the
     result once each (the drift f is x's own rounding): 2 eps times |f| + |g^2 s / 2| + |v| bounds it."""
     sde = HALF_SDES[name]()
-    ode = sds.ProbabilityFlowODE(sde, _gaussian_score(sde))
+    ode = sds.ProbabilityFlowODE(sde, gaussian_score(sde))
     t = torch.tensor([1.0, 0.5, 0.1, 0.02], dtype=torch.float64).repeat_interleave(8)
     alpha, std = sde.kernel(t)
     n = torch.randn(32, 3, generator=torch.Generator().manual_seed(0))
@@ -653,7 +635,7 @@ def test_probability_flow_velocity_in_half_precision_agrees_with_float64(name, d
     X = x.double()
     want = ode.velocity(X, t)
     f, g = sde.f(X, t), sde.g(t)
-    terms = f.abs() + (0.5 * (g * g)[:, None] * _gaussian_score(sde)(X, t)).abs() + want.abs()
+    terms = f.abs() + (0.5 * (g * g)[:, None] * gaussian_score(sde)(X, t)).abs() + want.abs()
     assert got.dtype == dtype
     assert bool(((got.double() - want).abs() <= 2 * torch.finfo(dtype).eps * terms).all())
 

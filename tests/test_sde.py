@@ -11,6 +11,8 @@ from scipy import stats
 
 import sdescore as sds
 
+from _half import HALF_SDES
+
 pytestmark = pytest.mark.usefixtures("float64")
 
 
@@ -296,12 +298,6 @@ def test_a_subclass_that_redefines_the_drift_alone_is_not_read_through_linear_dr
 
 
 # ---------------------------------------------------------------------------------------------- half precision
-HALF_SDES = {
-    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),  # sigma_max / sigma_min > 65504
-    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),  # NCSN++'s CIFAR-10 levels
-    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),
-    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
-}
 HALF_TIMES = [1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.999, 1.0]
 
 

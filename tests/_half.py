@@ -1,10 +1,35 @@
-"""The bound on a half-precision linear chain's distance to its float64 run, shared by the samplers' tests."""
+"""Half-precision test cases shared by the samplers' tests: the SDEs whose coefficients exceed float16's range, an
+exact score of x's precision, and the bound on a half-precision linear chain's distance to its float64 run."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+import sdescore as sds
+
 F64 = torch.float64
+
+HALF_SDES = {
+    "VE(1e-3,1000)": lambda: sds.VESDE(sigma_min=1e-3, sigma_max=1000.0),  # sigma_max / sigma_min > 65504
+    # NCSN++'s CIFAR-10 levels: g(1)^2 = 3e6 > 65504, 1 / sigma_max^2 subnormal in float16
+    "VE(0.01,378)": lambda: sds.VESDE(sigma_min=0.01, sigma_max=378.0),
+    # alpha(1) = 4.4e-5 subnormal in float16, g^2 / std^2 = 1e5 at t = 1e-5
+    "VP": lambda: sds.VPSDE(beta_min=0.1, beta_max=20.0),
+    "subVP": lambda: sds.SubVPSDE(beta_min=0.1, beta_max=20.0),
+}
+HALF = pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+
+
+def gaussian_score(sde, seen=None):
+    """The exact score -x / (alpha^2 + std^2) of N(0, I) data, computed in float64 at (x, t) as given and returned in
+    x's dtype: an exact network of x's precision. `seen` collects the dtypes of the (x, t) it was called with."""
+    def score(x, t):
+        if seen is not None:
+            seen.add((x.dtype, t.dtype))
+        alpha, std = sde.kernel(t.double())
+        return (-x.double() / (alpha**2 + std**2)[:, None]).to(x.dtype)
+    return score
 
 
 def rounding_bound(dtype, c, G2, v0=1.0):
