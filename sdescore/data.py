@@ -239,7 +239,7 @@ _CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz (unpack
 _CIFAR_RECORD = 1 + 3 * 32 * 32
 
 
-def load_cifar10(root: str | Path, split: str = "train") -> Images:
+def load_cifar10(root: str | Path, split: str = "train", *, records_per_batch: int = 10_000) -> Images:
     """CIFAR-10 (Krizhevsky 2009) from the binary version: records of 1 label byte and 3072 pixel bytes (R, G, B planes).
 
     Reads data_batch_1.bin .. data_batch_5.bin (train) or test_batch.bin (test) from `root` or from
@@ -248,8 +248,12 @@ def load_cifar10(root: str | Path, split: str = "train") -> Images:
     Args:
         root: directory holding the .bin files or the folder cifar-10-batches-bin.
         split: "train" (50000 images) or "test" (10000).
+        records_per_batch: the records each batch file must hold, 10000 in the distributed files: a copy cut at a
+            record boundary is refused instead of loading fewer images (a smaller count serves files of your own in
+            the same format).
     Returns images uint8 (N, 3, 32, 32), labels int64 (N,) in 0..9.
     """
+    records_per_batch = check_int("records_per_batch", records_per_batch, minimum=1)
     if split not in _SPLITS:
         raise ValueError(f"split must be one of {_SPLITS}, got {split!r}.")
     if not isinstance(root, (str, Path)):
@@ -271,6 +275,12 @@ def load_cifar10(root: str | Path, split: str = "train") -> Images:
             raise ValueError(
                 f"{path}: {data.size} bytes is not a positive multiple of the record size {_CIFAR_RECORD} "
                 "(1 label byte + 3072 pixel bytes); the file is truncated or not a CIFAR-10 binary batch."
+            )
+        if data.size != records_per_batch * _CIFAR_RECORD:
+            raise ValueError(
+                f"{path}: {data.size // _CIFAR_RECORD} records, but a CIFAR-10 binary batch holds {records_per_batch} "
+                f"({records_per_batch * _CIFAR_RECORD} bytes); the file is truncated (cut at a record boundary) or "
+                "not a batch of cifar-10-binary.tar.gz."
             )
         records.append(data.reshape(-1, _CIFAR_RECORD))
     rec = np.concatenate(records)

@@ -191,13 +191,13 @@ def write_cifar(root: Path, name: str, n: int, seed: int) -> tuple[np.ndarray, n
 def test_load_cifar10_returns_the_records_exactly(tmp_path, nested):
     root = tmp_path / "cifar-10-batches-bin" if nested else tmp_path
     root.mkdir(exist_ok=True)
-    parts = [write_cifar(root, f"data_batch_{i}.bin", 2, seed=i) for i in range(1, 6)]
+    parts = [write_cifar(root, f"data_batch_{i}.bin", 3, seed=i) for i in range(1, 6)]
     test_images, test_labels = write_cifar(root, "test_batch.bin", 3, seed=9)
-    train = load_cifar10(tmp_path, "train")
-    assert train.images.shape == (10, 3, 32, 32) and train.images.dtype == torch.uint8
+    train = load_cifar10(tmp_path, "train", records_per_batch=3)
+    assert train.images.shape == (15, 3, 32, 32) and train.images.dtype == torch.uint8
     np.testing.assert_array_equal(train.images.numpy(), np.concatenate([p[0] for p in parts]))
     np.testing.assert_array_equal(train.labels.numpy(), np.concatenate([p[1] for p in parts]))
-    test = load_cifar10(tmp_path, "test")
+    test = load_cifar10(tmp_path, "test", records_per_batch=3)
     np.testing.assert_array_equal(test.images.numpy(), test_images)
     np.testing.assert_array_equal(test.labels.numpy(), test_labels)
 
@@ -206,10 +206,24 @@ def test_cifar10_damaged_or_missing_batches_are_reported(tmp_path):
     write_cifar(tmp_path, "test_batch.bin", 2, seed=0)
     (tmp_path / "test_batch.bin").write_bytes((tmp_path / "test_batch.bin").read_bytes()[:-1])
     with pytest.raises(ValueError, match="3073"):
-        load_cifar10(tmp_path, "test")
+        load_cifar10(tmp_path, "test", records_per_batch=2)
     with pytest.raises(FileNotFoundError) as e:
         load_cifar10(tmp_path, "train")
     assert "data_batch_1.bin" in str(e.value) and "cifar-10-binary.tar.gz" in str(e.value)
+
+
+def test_a_cifar10_batch_cut_at_a_record_boundary_is_refused(tmp_path):
+    """A distributed batch holds 10000 records: one of a single record (a copy cut at a record boundary) loaded as
+    one image without complaint. Files of another size are read where their count is given."""
+    write_cifar(tmp_path, "test_batch.bin", 1, seed=0)
+    with pytest.raises(ValueError, match=r"test_batch\.bin: 1 records, but a CIFAR-10 binary batch holds 10000 "
+                                         r"\(30730000 bytes\); the file is truncated"):
+        load_cifar10(tmp_path, "test")
+    with pytest.raises(ValueError, match="1 records, but a CIFAR-10 binary batch holds 2"):
+        load_cifar10(tmp_path, "test", records_per_batch=2)
+    assert load_cifar10(tmp_path, "test", records_per_batch=1).images.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="records_per_batch must be >= 1"):
+        load_cifar10(tmp_path, "test", records_per_batch=0)
 
 
 # ------------------------------------------------------------------------------------------ digits, pixel map

@@ -344,6 +344,24 @@ def test_times_outside_zero_to_T_are_refused_naming_t(sde):
     p.score(x, torch.tensor([0.0, sde.T], dtype=torch.float32))  # the ends of [0, T] are fine, in float32 too
 
 
+@pytest.mark.parametrize("sde", SDES, ids=SDE_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_times_past_an_end_by_their_rounding_are_taken_at_that_end(sde, dtype):
+    """A time that passes 0 or T by the 4 ulps of its dtype that the check allows (the rounding of a time computed
+    near an end) is evaluated at that end, exactly: before, the VP-SDE's std^2 < 0 just below t = 0 made every
+    quantity NaN, the sub-VP's std < 0 flipped eps's sign, and bfloat16's T + 0.03 read the VE-SDE's sigma past
+    sigma_max."""
+    p = ring().diffuse(sde)
+    x = torch.tensor([[1.0, 0.5], [-0.3, 2.0]], dtype=f64)
+    slack = 3 * torch.finfo(dtype).eps * sde.T
+    for end, past in ((0.0, -slack), (sde.T, sde.T + slack)):
+        t_past = torch.full((2,), past, dtype=torch.float64).to(dtype)
+        t_end = torch.full((2,), end, dtype=f64)
+        for method in (p.score, p.eps, p.denoiser, p.log_prob):
+            if method is not p.eps or end > 0:  # eps = -std score is 0 / 0 where std(0) = 0
+                torch.testing.assert_close(method(x, t_past), method(x, t_end), rtol=0, atol=0, equal_nan=False)
+
+
 def test_negative_noise_levels_are_refused():
     """With sde=None the time is the noise level sigma: sigma < 0 would flip the sign of eps."""
     p = ncsn_toy().noised()

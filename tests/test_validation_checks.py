@@ -183,6 +183,19 @@ def test_mode_weight_test_recovers_weights_and_detects_wrong_ones():
     assert mode_weight_test(other.sample(4000, gen), m, generator=gen).p_value < 1e-6
 
 
+@pytest.mark.slow
+def test_mode_weight_test_keeps_its_level_with_a_small_reference_sample():
+    """The covariance S of the responsibilities is estimated from n_reference = 100 draws: the statistic is
+    Hotelling's T^2, not chi-square. 2000 null runs (ring, K = 8, n = 1000) reject at 0.05 between
+    binom.ppf(5e-4, 2000, 0.05) = 69 and binom.isf(5e-4, 2000, 0.05) = 133 times for an exact level (failing with
+    probability 1e-3); the chi-square p-value rejected 166 (8 %), the F p-value 104."""
+    m = ring()
+    gen = torch.Generator().manual_seed(0)
+    ps = [mode_weight_test(m.sample(1000, gen), m, n_reference=100, generator=gen).p_value for _ in range(2000)]
+    rejections = sum(p <= 0.05 for p in ps)
+    assert sps.binom.ppf(5e-4, 2000, 0.05) <= rejections <= sps.binom.isf(5e-4, 2000, 0.05), rejections
+
+
 def test_log_density_ks_is_calibrated_and_sees_the_spread_within_modes():
     """Exact two-sample null: not anti-conservative over 300 null runs. Modes 20% too wide (ring std 0.6 instead
     of 0.5, n = 1000) are rejected at 1e-6 by it, and missed by the sliced KS and mode-weight tests at LEVEL."""

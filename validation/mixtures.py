@@ -396,7 +396,9 @@ class DiffusedMixture:
         elif t.shape != (B,):
             raise ValueError(f"t must have shape ({B},), one time per sample, got shape {tuple(t.shape)}.")
         _check_times(t, self.sde, torch.finfo(given).eps)
-        return t
+        # a time that passed an end of [0, T] by its rounding is taken at that end: the kernel beyond it is no law
+        # (the VP-SDE's std^2 < 0 just below t = 0: NaN; the sub-VP's std < 0: eps of the wrong sign)
+        return t if self.sde is None else t.clamp(0.0, self.sde.T)
 
     def kernel(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(alpha, std) of the kernel at t (B,), in the mixture's dtype."""
