@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torchdiffeq._impl.odeint import SOLVERS
 
-from mlp import MLPScore
+from mlp import MLPScore, free_score
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,8 +96,7 @@ def _share(pkg, name: str, dim: int, inner: int) -> float:
     of package `pkg`, with the solver class that `pkg` registered as 'tsit5'."""
     mlp, x_T, xb, tb = problem(dim)
     with torch.inference_mode():
-        out = mlp(xb, tb)
-        call = sampler_call(pkg, name, lambda x, t: out, x_T, SOLVERS.get("tsit5"))
+        call = sampler_call(pkg, name, free_score(mlp, xb, tb), x_T, SOLVERS.get("tsit5"))
         nfe = call().nfe
         return float(np.median([timed_share(call, nfe, mlp, xb, tb) for _ in range(inner)]))
 
@@ -160,10 +159,7 @@ def main(argv=None) -> None:
         for dim in args.dims:
             mlp, x_T, xb, tb = problem(dim)
             with torch.inference_mode():
-                out = mlp(xb, tb)
-
-                def free(x, t):
-                    return out
+                free = free_score(mlp, xb, tb)
 
                 for name in args.samplers:
                     calls = {"old": sampler_call(old, name, free, x_T, old_tsit5),

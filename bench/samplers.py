@@ -44,7 +44,7 @@ import torch
 
 import baselines
 import sdescore as sds
-from mlp import MLPScore
+from mlp import MLPScore, free_score
 from sdescore import NonFiniteError
 from sdescore.fast import FAST_SAMPLERS, FixedStepSampler
 from validation import random_anisotropic, ring
@@ -206,9 +206,7 @@ def measure_overhead(dims, batch, budget, repeats, log, *, fixed_only: bool = Fa
         xb, tb = torch.randn(batch, dim), torch.rand(batch)
         with torch.inference_mode():
             out = mlp(xb, tb)
-
-        def free(x, t):
-            return out
+            free = free_score(mlp, xb, tb)  # a new tensor each call, as a network's
 
         def cases(score):
             c = {name: (lambda s=s: s(sde, score, x_T, steps=s.steps_for(budget), eps=eps,
