@@ -244,6 +244,12 @@ class SDETime:
         return "SDETime()"
 
 
+class ClockNotDifferentiable(ValueError):
+    """A `LogSNRTime` clock whose derivatives autograd cannot see, or sees wrong: the SDE's `t_from_log_snr` or
+    `kernel` gives values without a graph (bisection under torch.no_grad(), a table, .detach()). The automatic
+    time variable (None) then integrates in t; an explicit one raises this."""
+
+
 class LogSNRTime:
     """A time variable defined through the log-SNR lambda, with the state in the variance-preserving frame.
 
@@ -277,6 +283,25 @@ class LogSNRTime:
                 f"{type(sde).__name__}.t_from_log_snr does not invert log_snr: t = {t.tolist()} -> {back.tolist()}; "
                 "fix the SDE or use time_variable='t'."
             )
+        # The clock's autograd derivatives against central differences of its values at an interior tau: a
+        # derivative that is present but wrong (a partial .detach(), a constant alpha that is not constant) would
+        # otherwise bias log p silently. With h = 1e-4 of the tau range the differences are good to ~1e-8
+        # relative (truncation) and ~1e-11 absolute (rounding of O(1) values); a missing term errs by O(0.1-10).
+        tau0, tau1 = self.tau(sde, eps), self.tau(sde, sde.T)
+        mid, h = 0.5 * (tau0 + tau1), 1e-4 * abs(tau1 - tau0)
+        at = lambda tau: self.clock(sde, torch.tensor(tau, dtype=torch.float64))  # noqa: E731
+        clk, plus, minus = at(mid), at(mid + h), at(mid - h)
+        for name, got, diff, culprit in (
+            ("dt/dtau", clk.dt_dtau, (plus.t - minus.t) / (2 * h), "t_from_log_snr"),
+            ("d log c/dtau", clk.dlogc_dtau, (plus.log_c - minus.log_c) / (2 * h), "kernel (d log alpha / dt)"),
+        ):
+            if not bool(torch.isclose(got, diff, rtol=1e-4, atol=1e-6)):
+                raise ClockNotDifferentiable(
+                    f"time_variable={self.name!r}: {name} by autograd is {float(got):.6g} at tau = {mid:.6g}, but central "
+                    f"differences of the values give {float(diff):.6g}: {type(sde).__name__}.{culprit} is not "
+                    "differentiable by autograd (computed without a graph, under torch.no_grad() or detached?). "
+                    "Make it differentiable or use time_variable='t', which needs only f and g."
+                )
 
     def tau(self, sde: SDE, t: float) -> float:
         return float(self.tau_of_log_snr(sde.log_snr(torch.tensor([t], dtype=torch.float64)))[0])
@@ -291,9 +316,25 @@ class LogSNRTime:
             t = sde.t_from_log_snr(lam_leaf)
             t_leaf = t.detach().requires_grad_(True)
             log_alpha = torch.log(sde.kernel(t_leaf)[0])
-            dlam_dtau, dt_dlam, dlogalpha_dt = torch.autograd.grad(
-                (lam + t + log_alpha).sum(), (tau, lam_leaf, t_leaf), allow_unused=True, materialize_grads=True
-            )  # unused: a constant alpha (VE)
+            # a piece without a graph contributes no gradient: None below, never a silent 0
+            total = sum(p for p in (lam, t, log_alpha) if p.requires_grad)
+            dlam_dtau, dt_dlam, dlogalpha_dt = (
+                torch.autograd.grad(total.sum(), (tau, lam_leaf, t_leaf), allow_unused=True)
+                if isinstance(total, Tensor) else (None, None, None)
+            )
+        if dlam_dtau is None:
+            raise ClockNotDifferentiable(
+                f"time_variable={self.name!r}: its log_snr_of_tau is not differentiable by autograd; "
+                "give one that is, or use time_variable='t'."
+            )
+        if dt_dlam is None:
+            raise ClockNotDifferentiable(
+                f"time_variable={self.name!r} needs dt/dlambda by autograd, but {type(sde).__name__}.t_from_log_snr "
+                "returned t without a graph in lambda (computed under torch.no_grad(), detached, or looked up?). "
+                "Make it differentiable or use time_variable='t', which needs only f and g."
+            )
+        if dlogalpha_dt is None:  # alpha without a graph in t: zero for a constant alpha (VE); validate checks it
+            dlogalpha_dt = torch.zeros_like(t_leaf)
         dt_dtau = dt_dlam * dlam_dtau
         # log c = log sqrt(sigmoid(lambda)) - log alpha(t)
         log_c = 0.5 * torch.nn.functional.logsigmoid(lam_leaf.detach()) - log_alpha.detach()
@@ -313,14 +354,25 @@ TIME_VARIABLES: dict[str, TimeVariable] = {
 }
 
 
+def _not_a_class(name: str, value: Any) -> Any:
+    """Refuse a class passed where an instance is expected: its methods would be unbound, and the call would
+    fail later with a missing-argument error that names neither the argument nor the fix."""
+    if isinstance(value, type):
+        raise TypeError(
+            f"{name} must be a name or an instance, got the class {value.__name__} itself; pass an instance, "
+            f"{name}={value.__name__}()."
+        )
+    return value
+
+
 def _resolve_time_variable(time_variable: Any, sde: SDE, eps: float) -> TimeVariable:
     if time_variable is None:
         try:
             TIME_VARIABLES["vp"].validate(sde, eps)
             return TIME_VARIABLES["vp"]
-        except NotImplementedError:
+        except (NotImplementedError, ClockNotDifferentiable):
             return TIME_VARIABLES["t"]
-    tv = check_choice("time_variable", time_variable, TIME_VARIABLES)
+    tv = _not_a_class("time_variable", check_choice("time_variable", time_variable, TIME_VARIABLES))
     if not all(callable(getattr(tv, m, None)) for m in ("validate", "tau", "clock")):
         raise TypeError(
             f"time_variable must be one of {sorted(TIME_VARIABLES)} or an object with validate, tau and clock methods, "
@@ -368,8 +420,9 @@ def log_likelihood(
 
     The solver runs in `time_variable` tau with the state w = c(t) x (`TIME_VARIABLES`). The default, 'vp'
     for every SDE that implements `kernel`, `log_snr` and `t_from_log_snr` ('t' for one that raises
-    NotImplementedError there; one whose log-SNR does not decrease, or whose inverse does not invert it, gets a
-    ValueError), integrates in the time of the reference VP-SDE (beta 0.1 -> 20) at the same log-SNR, in the
+    NotImplementedError there, or whose `t_from_log_snr` or `kernel` autograd cannot differentiate — checked
+    against central differences, `ClockNotDifferentiable` for an explicit log-SNR time variable; one whose log-SNR
+    does not decrease, or whose inverse does not invert it, gets a ValueError), integrates in the time of the reference VP-SDE (beta 0.1 -> 20) at the same log-SNR, in the
     variance-preserving frame; see docs/theory/likelihood.md
     for why and for the measured numbers of evaluations. tol: rtol and atol apply to (w, delta_logp), each
     with torchdiffeq's RMS norm over the batch. The norm bounds the batch's error, not each sample's: the mean
@@ -413,10 +466,10 @@ def log_likelihood(
     x = check_not_half("x", check_data("x", x).detach(), "an exact log-likelihood integrates log-densities of "
                        "order D to tolerances of 1e-5 and more, which half precision cannot hold")
     eps = check_eps(eps, sde.T)
-    estimator = check_choice("trace", trace, TRACES)
+    estimator = _not_a_class("trace", check_choice("trace", trace, TRACES))
     if not (callable(getattr(estimator, "draw", None)) and callable(getattr(estimator, "divergence", None))):
         raise TypeError(f"trace must be one of {sorted(TRACES)} or a TraceEstimator, got {type(trace).__name__}.")
-    probe_law = check_choice("probe", probe, PROBES)
+    probe_law = _not_a_class("probe", check_choice("probe", probe, PROBES))
     if not callable(getattr(probe_law, "draw", None)):
         raise TypeError(f"probe must be one of {sorted(PROBES)} or an object with a draw method, got {type(probe).__name__}.")
     n_probes = check_int("n_probes", n_probes, minimum=1)

@@ -312,6 +312,20 @@ def _leaf_for_derivatives(x: Tensor, where: str) -> tuple[Tensor, bool]:
     return leaf, torch.is_grad_enabled()
 
 
+def _check_attached(s: Tensor | None, where: str) -> None:
+    """Refuse a score that autograd does not connect to x (s = None: x is not in s's graph): its trace term
+    would silently be 0 and the loss ||s||^2 / 2, which training minimises by pushing s to 0. Consistent with
+    `log_likelihood`, a score constant in x is refused too."""
+    if s is None or not s.requires_grad:
+        raise TypeError(
+            f"{where}: score_fn's output does not depend on x through autograd (it does not require grad, or x is "
+            "not in its graph): is score_fn wrapped in torch.no_grad() or torch.inference_mode(), does it detach x "
+            f"(a network applied to x.detach()), or is it constant in x? The trace term differentiates the score "
+            "with respect to x; remove the wrapper or the detach (the loss itself may be called under "
+            "torch.no_grad()). A score meant to be constant in x must still be computed from x (e.g. c + 0 * x)."
+        )
+
+
 def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "mean") -> Tensor:
     """Implicit score matching E[tr(grad_x s(x)) + ||s(x)||^2 / 2] with the exact trace (Hyvärinen 2005, eq. 4).
 
@@ -322,6 +336,8 @@ def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "
 
     Args:
         score_fn: score(x) of x alone, x (B, *dims); for a model at a fixed time pass `lambda x: model(x, t)`.
+            Must be differentiable in x by autograd (TypeError otherwise: not under torch.no_grad(), not on
+            x.detach(), not constant in x).
         x: samples of the data law (B, *dims).
         reduce: 'mean' | 'sum' | 'none'.
     """
@@ -331,12 +347,16 @@ def ism_loss(score_fn: Callable[[Tensor], Tensor], x: Tensor, *, reduce: str = "
     x, graph = _leaf_for_derivatives(x, "ism_loss")
     with torch.enable_grad():  # the loss is made of x-derivatives, whatever the caller's grad mode
         s = _evaluate(score_fn, x, name="score_fn").flatten(1)
+        _check_attached(s, "ism_loss")
         trace = torch.zeros(x.shape[0], dtype=work_dtype(s), device=s.device)
-        if s.requires_grad:
-            for i in range(s.shape[1]):
-                (row,) = torch.autograd.grad(s[:, i].sum(), x, create_graph=graph, retain_graph=True, allow_unused=True)
-                if row is not None:
-                    trace = trace + row.flatten(1)[:, i]
+        reached = False
+        for i in range(s.shape[1]):
+            (row,) = torch.autograd.grad(s[:, i].sum(), x, create_graph=graph, retain_graph=True, allow_unused=True)
+            if row is not None:  # None: component i does not reach x, d s_i / d x_i = 0
+                reached = True
+                trace = trace + row.flatten(1)[:, i]
+        if not reached:  # no component reaches x: a network applied to x.detach(), or one that ignores x
+            _check_attached(None, "ism_loss")
         loss = reduction(trace + 0.5 * _sum_sq(s))
     return loss if graph else loss.detach()
 
@@ -361,7 +381,7 @@ def ssm_loss(
     n_projections); the M projections share that evaluation and each adds one backward pass through it.
 
     Args:
-        score_fn: score(x) of x alone, x (B, *dims).
+        score_fn: score(x) of x alone, x (B, *dims); differentiable in x by autograd, as for `ism_loss`.
         x: samples of the data law (B, *dims).
         n_projections: M projections per sample, averaged.
         projection: 'gaussian' | 'rademacher' (PROJECTIONS), or a callable (shape, generator, dtype, device) -> v
@@ -391,14 +411,17 @@ def ssm_loss(
     v = v.reshape(M, *x.shape)
     with torch.enable_grad():
         s = _evaluate(score_fn, x, name="score_fn")
+        _check_attached(s, "ssm_loss")
         w = work_dtype(s)  # float32 for half precision: products rounded to it would cost v^T s its digits
         sv = (s.to(w) * v.to(w)).flatten(2).sum(2)  # (M, B): s broadcast over the M projections
 
         def vJv(m: int) -> Tensor:  # v_m^T (d s / d x) v_m, one backward pass through the shared evaluation
             (Jv,) = torch.autograd.grad(sv[m].sum(), x, create_graph=graph, retain_graph=True, allow_unused=True)
-            return (Jv.to(w) * v[m].to(w)).flatten(1).sum(1) if Jv is not None else torch.zeros_like(sv[m])
+            if Jv is None:  # s does not reach x in autograd's graph (v_m only scales it): a network on x.detach()
+                _check_attached(None, "ssm_loss")
+            return (Jv.to(w) * v[m].to(w)).flatten(1).sum(1)
 
-        first = torch.stack([vJv(m) for m in range(M)]).mean(0) if s.requires_grad else torch.zeros_like(sv[0])
+        first = torch.stack([vJv(m) for m in range(M)]).mean(0)
         last = 0.5 * _sum_sq(s) if variance_reduction else (0.5 * sv * sv).mean(0)
         loss = reduction(first + last)
     return loss if graph else loss.detach()

@@ -238,6 +238,60 @@ def test_generic_sde_without_a_kernel_falls_back_to_its_own_time():
         log_likelihood(bare, score, x, time_variable="vp")
 
 
+class _BisectVP(sds.VPSDE):
+    """t_from_log_snr inverted by bisection under torch.no_grad(): exact values, no autograd graph."""
+
+    def t_from_log_snr(self, lam):
+        with torch.no_grad():
+            lo, hi = torch.zeros_like(lam), torch.full_like(lam, self.T)
+            for _ in range(200):
+                mid = 0.5 * (lo + hi)
+                above = self.log_snr(mid) > lam  # log_snr decreases in t
+                lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+            return 0.5 * (lo + hi)
+
+
+class _TabulatedVP(sds.VPSDE):
+    """kernel values exact but detached, as from a table: d log alpha / dt invisible to autograd."""
+
+    def kernel(self, t):
+        alpha, std = super().kernel(t.detach())
+        return alpha.detach(), std.detach()
+
+
+class _FlatGraphVP(sds.VPSDE):
+    """t_from_log_snr with a graph whose derivative is 0: only central differences can tell."""
+
+    def t_from_log_snr(self, lam):
+        return super().t_from_log_snr(lam).detach() + 0.0 * lam
+
+
+@pytest.mark.parametrize(
+    "sde_class, culprit",
+    [(_BisectVP, "t_from_log_snr"), (_TabulatedVP, "kernel"), (_FlatGraphVP, "t_from_log_snr")],
+    ids=["bisection", "table", "zero-derivative graph"],
+)
+def test_a_log_snr_clock_autograd_cannot_differentiate_falls_back_to_t_or_raises(sde_class, culprit):
+    """The old clock turned a derivative autograd could not see into 0 (dt/dtau = 0, or d log alpha / dt = 0 for a
+    non-constant alpha): the default time variable was silently wrong by 8-11 nats. Now the default integrates in t
+    (f and g are the VP-SDE's, so the result equals time_variable='t' on the VP-SDE to the last bit, and the
+    exact density to the solver's tolerance); an explicit log-SNR clock raises a ValueError naming the method."""
+    sde, vp = sde_class(), sds.VPSDE()
+    mixture = MIXTURES[2]()
+    x = mixture.marginal(vp, EPS).sample(8, torch.Generator().manual_seed(0))
+    truth = mixture.marginal(vp, EPS).log_prob(x)
+    prior = mixture.marginal(vp, vp.T).log_prob
+    score = mixture.score_fn(vp)
+    auto = log_likelihood(sde, score, x, prior_logp=prior)
+    as_t = log_likelihood(vp, score, x, prior_logp=prior, time_variable="t")
+    torch.testing.assert_close(auto.logp, as_t.logp, rtol=0, atol=0)
+    assert auto.nfe == as_t.nfe
+    assert float((auto.logp - truth).abs().max()) < 1e-3  # the solver's error at the default tolerances
+    for name in ("vp", "log_sigma"):
+        with pytest.raises(ValueError, match=rf"{sde_class.__name__}\.{culprit}.*time_variable='t'"):
+            log_likelihood(sde, score, x, time_variable=name)
+
+
 def test_nonfinite_score_raises_naming_the_time():
     """The score turns NaN for t > 0.52: the error names the first evaluation past that time, its index and t.
     An adaptive solver's step is not counted (rejected steps and the initial-step probe evaluate too), so none is
@@ -516,6 +570,13 @@ BAD_LIKELIHOOD = [
     (dict(tolerance=1e-3), TypeError, "tolerance"),
     (dict(x=torch.zeros(2, 2, dtype=torch.bfloat16)), TypeError, r"x has dtype torch.bfloat16, but an exact log-likelihood"),
     (dict(x=torch.zeros(2, 2, dtype=torch.float16)), TypeError, r"x has dtype torch.float16, but an exact log-likelihood"),
+    # a class instead of an instance: its methods are unbound, the old error was "draw() missing 1 required argument"
+    (dict(trace=sds.likelihood.ExactTrace), TypeError, r"trace must be .* got the class ExactTrace itself; pass an "
+     r"instance, trace=ExactTrace\(\)"),
+    (dict(probe=sds.likelihood.GaussianProbe, trace="hutchinson"), TypeError, r"probe must be .* got the class "
+     r"GaussianProbe itself; pass an instance, probe=GaussianProbe\(\)"),
+    (dict(time_variable=sds.likelihood.SDETime), TypeError, r"time_variable must be .* got the class SDETime itself; "
+     r"pass an instance, time_variable=SDETime\(\)"),
 ]
 
 

@@ -382,6 +382,34 @@ def test_score_matching_with_a_trace_refuses_inference_mode(loss):
 
 
 @pytest.mark.parametrize("loss", [ism_loss, ssm_loss], ids=["ism", "ssm"])
+def test_score_matching_refuses_a_score_cut_off_from_x(loss):
+    """The trace term differentiates s by x: a score under torch.no_grad(), on x.detach(), constant in x, or a
+    network on x.detach() (its output requires grad through its weights only) made it silently 0, the loss
+    ||s||^2 / 2, which training minimises by pushing s to 0. Each is a TypeError naming score_fn, with grad on or
+    under torch.no_grad(), as log_likelihood does. A score written as c + 0 * x is in x's graph: its trace is an exact
+    0 and the loss exactly ||c||^2 / 2 (ssm: with variance reduction the second term is ||s||^2 / 2 whatever v)."""
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 3).double()
+    x = torch.randn(4, 3, dtype=F64, generator=gen(0))
+    cut = {
+        "no_grad": torch.no_grad()(lambda y: -2.0 * y),
+        "detach": lambda y: -2.0 * y.detach(),
+        "constant": lambda y: torch.ones_like(y),
+        "network on x.detach()": lambda y: net(y.detach()),
+    }
+    kwargs = {"n_projections": 3, "generator": gen(1)} if loss is ssm_loss else {}
+    for name, fn in cut.items():
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad), pytest.raises(
+                TypeError, match=rf"^{loss.__name__}: score_fn's output does not depend on x through autograd"
+            ):
+                loss(fn, x, **kwargs)
+    c = torch.tensor([1.0, -2.0, 0.5], dtype=F64)
+    got = loss(lambda y: c + 0.0 * y, x, reduce="none", **kwargs)
+    torch.testing.assert_close(got, torch.full((4,), 0.5 * float(c @ c), dtype=F64), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("loss", [ism_loss, ssm_loss], ids=["ism", "ssm"])
 def test_score_matching_under_no_grad_is_the_value_without_a_graph(loss):
     net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
     x = torch.randn(6, 3, dtype=F64, generator=gen(4))
