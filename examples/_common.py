@@ -248,7 +248,7 @@ def _write_json_atomically(path: Path, record: dict) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w") as f:
-            f.write(json.dumps(record, indent=2) + "\n")
+            f.write(json.dumps(record, indent=2, default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -432,8 +432,7 @@ class Summary:
             "meanings": self.meanings,
             "settings": settings,
         }
-        path = self.run.out / "summary.json"
-        path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        _write_json_atomically(self.run.out / "summary.json", record)
         width = max(map(len, self.figures), default=10)
         print(f"\n== {self.name}: summary ({self.cfg.preset}, {seconds:.0f} s) ==")
         for key, value in self.figures.items():

@@ -346,3 +346,22 @@ def test_a_run_without_resume_replaces_the_checkpoint_and_its_settings_record(to
         "example": "toy_2d",
         "settings": {"seed": 0, "batch_size": 512, "sde": "ve", "hidden": 128, "depth": 3, "n_train": 20000},
     }
+
+
+def test_the_examples_json_records_are_written_atomically(tmp_path, monkeypatch):
+    """summary.json and checkpoint_settings.json go through one writer: a temporary file, fsync, os.replace. A
+    write that fails before the replace leaves the previous record whole and no temporary file behind (summary.json
+    was written in place: a crash mid-write left a truncated record); values JSON cannot hold are written as text."""
+    common = _example_module("_common")
+    path = tmp_path / "summary.json"
+    common._write_json_atomically(path, {"ok": True, "out": tmp_path})
+    assert json.loads(path.read_text()) == {"ok": True, "out": str(tmp_path)}
+
+    def fail(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(common.os, "fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        common._write_json_atomically(path, {"ok": False})
+    assert json.loads(path.read_text()) == {"ok": True, "out": str(tmp_path)}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
