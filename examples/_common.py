@@ -37,9 +37,9 @@ CHECKPOINT_SETTINGS = "checkpoint_settings.json"
 
 
 def int_at_least(minimum: int, why: str = "", *, below: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer >= minimum (and < below, if given); argparse's error names the flag
-    ("argument --steps: ...")."""
-    want = f"an integer >= {minimum}{why}" if below is None else f"an integer in [{minimum}, {_below_text(below)})"
+    """An argparse type: an integer >= minimum (and < below, a power of two, if given); argparse's error names the
+    flag ("argument --steps: ...")."""
+    want = f"an integer >= {minimum}{why}" if below is None else f"an integer in [{minimum}, 2**{below.bit_length() - 1})"
 
     def parse_int(text: str) -> int:
         try:
@@ -51,11 +51,6 @@ def int_at_least(minimum: int, why: str = "", *, below: int | None = None) -> Ca
         return value
 
     return parse_int
-
-
-def _below_text(bound: int) -> str:
-    """2**63 as written, other bounds as numbers."""
-    return "2**63" if bound == 2**63 else str(bound)
 
 
 def positive_float(text: str) -> float:

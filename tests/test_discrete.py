@@ -137,7 +137,7 @@ def test_non_geometric_levels_are_rejected_with_the_discrepancy():
         ve_sde_from_ncsn_sigmas([1.0, 0.5, 0.1])
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 def test_half_precision_levels_are_held_to_their_own_rounding(dtype):
     """Half-precision levels are accepted when they are the rounding of geometric ones, and refused 8 ulps off.
 
@@ -583,7 +583,7 @@ def test_ncsn_from_score_rejects_levels_outside_the_sde(sde):
 # ---------------------------------------------------------------------------------------------- half precision
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 @pytest.mark.parametrize("name", list(HALF_SDES))
 def test_ncsn_from_score_in_half_precision_agrees_with_float64(name, dtype):
     """ncsn(x, sigma) = alpha score(alpha x, t) for half-precision x and sigma, against the same formula in float64
@@ -610,7 +610,7 @@ def test_ncsn_from_score_in_half_precision_agrees_with_float64(name, dtype):
     assert bool(((got.double() - want).abs() <= 2 * info.eps * want.abs() + info.tiny * info.eps).all())
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 def test_annealed_langevin_corrector_in_half_precision_agrees_with_float64(dtype, monkeypatch):
     """One step x + (alpha / 2) s + sqrt(alpha) z with alpha = step_lr std^2 / sigma_min^2 = 1e6 at t = 1 for
     VE(1e-3, 1000) (beyond float16's 65504: the step was inf), against the same step in float64 with the same z.

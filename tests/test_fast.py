@@ -27,6 +27,8 @@ from sdescore.sde import SDE, batch_view
 from validation import ring, single_gaussian
 from validation.stats import sliced_ks_test
 
+from _half import HALF
+
 LEVEL = 0.01  # null level of every statistical test here: each fails by chance with probability <= 1%
 
 
@@ -652,7 +654,7 @@ def test_adaptive_sde_in_float16_keeps_large_coefficients_in_float32():
     assert abs(var / (1 + 0.01**2) - 1) < 4.5 * (2 / out.x.numel()) ** 0.5
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 def test_a_half_precision_combination_is_the_float64_sum_rounded_once(dtype):
     """_Lin.eval of half-precision tensors with weights beyond float16's range (std^2 = 348^2 = 1.2e5, as in
     Tweedie's D = x + std^2 score for the VE-SDE's sigma_max = 348): the result, of size 1, is the float64 sum of the
@@ -677,14 +679,14 @@ def test_a_half_precision_combination_is_the_float64_sum_rounded_once(dtype):
 VE_256 = (0.01, 348.0)  # Song et al.'s VE-SDE for 256-px images: std^2 and (sigma_i - sigma_i+1) std_i beyond 65504
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 def test_fixed_step_samplers_in_half_precision_follow_the_float32_result(dtype):
     """With sigma_max = 348 every fixed-step sampler runs in float16 and bfloat16 (denoise included; at 10 steps
     the float16 weights of the first-order, multistep and data-prediction steps exceed 65504) and stays near the
     float32 result of the same sampler from the same x_T (and, with churn, the same generator). The score receives
     its times in the state's dtype, so the float32 run's score is given the same rounded times: what is compared is
-    the arithmetic. A half-precision run rounds its state and the score once per step (relative u = eps / 2 each);
-    such errors accumulate at most linearly over the n = 10 steps, so the relative RMS difference is bounded by
+    the arithmetic. A half-precision run carries its state in float32 and rounds the score's input and output once
+    per step and the result once at the end (relative u = eps / 2 each); such errors accumulate at most linearly over the n = 10 steps, so the relative RMS difference is bounded by
     n eps (1e-2 for float16, 8e-2 for bfloat16; measured 0.6 to 2.5 eps)."""
     sde = sds.VESDE(*VE_256)
     dm = single_gaussian([0.3, -0.2], [1.0, 0.5]).diffuse(sde)
@@ -703,7 +705,7 @@ def test_fixed_step_samplers_in_half_precision_follow_the_float32_result(dtype):
         assert _rms(out.double(), ref) < steps * torch.finfo(dtype).eps * _rms(ref, 0 * ref), name
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 @pytest.mark.parametrize("name", ["heun", "dpm_solver_pp_2m"])
 @pytest.mark.parametrize("sde", [sds.VPSDE(), sds.VESDE(0.01, 50.0)], ids=["VP", "VE"])
 def test_fixed_step_samplers_in_half_precision_keep_the_flows_variance_over_many_steps(sde, name, dtype):

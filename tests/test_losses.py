@@ -17,7 +17,7 @@ from scipy import integrate
 import sdescore as sds
 from sdescore.losses import WEIGHTINGS, dsm_loss, eps_loss, ism_loss, ncsn_loss, ssm_loss
 
-from _half import HALF_SDES
+from _half import HALF, HALF_SDES
 
 Z = 5.0
 F64 = torch.float64
@@ -474,7 +474,7 @@ HALF_CASES = [(loss, w, name) for loss, w in HALF_LOSSES for name in HALF_SDES] 
 SUM_RTOL = 1e-5
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 @pytest.mark.parametrize("loss, weighting, name", HALF_CASES)
 def test_losses_of_half_precision_data_are_accumulated_in_float32(loss, weighting, name, dtype):
     """dsm_loss, eps_loss and ncsn_loss of (2, 3, 256, 256) half-precision data against float64 from the same model
@@ -522,7 +522,7 @@ def _is_times(sde):
     return _draw_times(sde, 2, 1e-5, gen(2), torch.device("cpu"), True)[0]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 def test_ssm_and_ism_of_half_precision_data_are_accumulated_in_float32(dtype):
     """For s(x) = -x: ssm's v^T (ds/dx) v = -||v||^2 and ||s||^2 / 2 over D = 196608 overflowed float16, and ism's
     trace, -D accumulated one diagonal entry at a time, stopped at -256 in bfloat16 (its integers are spaced by 2

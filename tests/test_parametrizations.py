@@ -8,7 +8,7 @@ import torch
 import sdescore as sds
 from validation import random_anisotropic
 
-from _half import HALF_SDES
+from _half import HALF, HALF_SDES
 
 TARGET = random_anisotropic(d=3, n_modes=3, seed=1)
 
@@ -149,7 +149,7 @@ def _gaussian_data(sde, dtype):
     return x, t, exact, ncsn
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 @pytest.mark.parametrize("name", list(HALF_SDES))
 @pytest.mark.parametrize(
     "convert", ["score_from_eps", "eps_from_score", "score_from_denoiser", "denoiser_from_score", "score_from_ncsn"]

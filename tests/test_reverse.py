@@ -20,7 +20,7 @@ from _half import HALF, HALF_SDES, gaussian_score
 EPS = 1e-3
 
 # the VP-SDE's coefficients fit float16; these are the cases where the drift or velocity does not, and sub-VP's
-HALF_SDES = {name: HALF_SDES[name] for name in ("VE(1e-3,1000)", "VE(0.01,378)", "subVP")}
+OVERFLOW_SDES = {name: HALF_SDES[name] for name in ("VE(1e-3,1000)", "VE(0.01,378)", "subVP")}
 
 
 class _TableBrownian(torchsde.BaseBrownian):
@@ -46,7 +46,7 @@ class _TableBrownian(torchsde.BaseBrownian):
 
 # ---------------------------------------------------------------------------------------------- half precision
 @HALF
-@pytest.mark.parametrize("name", list(HALF_SDES))
+@pytest.mark.parametrize("name", list(OVERFLOW_SDES))
 @pytest.mark.parametrize("method", ["euler", "heun", "midpoint"])
 def test_reverse_sde_in_half_precision_integrates_in_float32_and_follows_the_float64_run(name, dtype, method):
     """ReverseSDE.sample(200 steps) from a half-precision prior sample against the float64 run from the same x_T
@@ -57,7 +57,7 @@ def test_reverse_sde_in_half_precision_integrates_in_float32_and_follows_the_flo
     in x_T's dtype, and the result is rounded once. The error is that final rounding (eps / 2 of max|x|) plus the
     score's roundings of x, t and its output, which the reverse drift contracts (an error made at noise level sigma
     shrinks with it): measured at most 0.49 eps max|x|; 2 eps max|x| leaves a factor four."""
-    sde = HALF_SDES[name]()
+    sde = OVERFLOW_SDES[name]()
     steps, B, D = 200, 64, 3
     x_T = (sde.prior_std * torch.randn(B, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).to(dtype)
     z = torch.randn(steps, B, D, generator=torch.Generator().manual_seed(1)).half()
@@ -73,7 +73,7 @@ def test_reverse_sde_in_half_precision_integrates_in_float32_and_follows_the_flo
 
 
 @HALF
-@pytest.mark.parametrize("name", list(HALF_SDES))
+@pytest.mark.parametrize("name", list(OVERFLOW_SDES))
 @pytest.mark.parametrize("method", ["euler", "milstein", "srk", "midpoint", "heun", "euler_heun"])
 def test_reverse_sde_in_half_precision_draws_the_float32_runs_noise_and_follows_it(name, dtype, method):
     """With generator= a half-precision x_T gets the float32 IncrementBrownian a float32 x_T gets: the same
@@ -82,7 +82,7 @@ def test_reverse_sde_in_half_precision_draws_the_float32_runs_noise_and_follows_
     four. In float16 the VE(1e-3, 1000) runs raised NonFiniteError at step 0 or 1 (the drift overflowed), blaming
     the score. Reversible Heun is left out: on the VE-SDE at 200 steps it amplifies float32's rounding itself
     (float32 and float64 runs differ by 1 there); log_ode draws from a BrownianInterval, not from generator."""
-    sde = HALF_SDES[name]()
+    sde = OVERFLOW_SDES[name]()
     n = torch.randn(64, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x_T = (sde.prior_std * n).to(dtype)
 
@@ -112,7 +112,7 @@ def test_reverse_sde_in_half_precision_takes_a_float32_brownian_motion():
 
 
 @HALF
-@pytest.mark.parametrize("name", list(HALF_SDES))
+@pytest.mark.parametrize("name", list(OVERFLOW_SDES))
 @pytest.mark.parametrize("method", ["euler", "midpoint", "heun2", "rk4"])
 @pytest.mark.parametrize("direction", ["sample", "encode"])
 def test_probability_flow_in_half_precision_integrates_in_float32_and_follows_the_float64_run(
@@ -127,7 +127,7 @@ def test_probability_flow_in_half_precision_integrates_in_float32_and_follows_th
     relative error stays relative to the end, and the 50 steps' errors, of both signs, add like a random walk:
     measured at most 5.9 eps max|x| (midpoint, bfloat16, VE(1e-3, 1000)); 16 eps max|x| leaves a factor 2.7. The
     Adams methods are left out: at 50 steps they diverge on the VE-SDE in float64 too."""
-    sde = HALF_SDES[name]()
+    sde = OVERFLOW_SDES[name]()
     B, D = 64, 3
     n = torch.randn(B, D, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     if direction == "sample":

@@ -11,7 +11,7 @@ from scipy import stats
 
 import sdescore as sds
 
-from _half import HALF_SDES
+from _half import HALF, HALF_SDES
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -309,7 +309,7 @@ def _rounding_tolerance(dtype: torch.dtype) -> dict:
     return dict(rtol=info.eps, atol=info.tiny * info.eps)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@HALF
 @pytest.mark.parametrize("name", list(HALF_SDES))
 def test_public_verbs_at_half_precision_times_give_the_float64_coefficients_rounded(name, dtype):
     """diffusion, marginal_prob and perturb at a half-precision t equal the float64 coefficients at the same (rounded)
